@@ -1,0 +1,262 @@
+//! `palisadectl`: the Palisade command-line tool.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use palisade_policy::eval::{Decision, DirectionVerdict, Evaluator, Flow, RuleRef, Verdict};
+use palisade_policy::flows::{parse_line, FlowSpec};
+use palisade_policy::model::{proto, Cluster};
+use palisade_policy::resources::NumOrString;
+use palisade_policy::selector::Selector;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "palisadectl", version, about = "Palisade: evaluate, trace and manage Calico / Kubernetes network policy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    /// One JSON object per flow.
+    Json,
+    /// A table for people.
+    Table,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate flows (JSON lines) against a policy state; prints one JSON line per flow.
+    Eval {
+        /// Manifest files or directories (repeatable); together they are the cluster state.
+        #[arg(long, required = true, num_args = 1..)]
+        state: Vec<PathBuf>,
+        /// Flows file, one JSON object per line (`-` for standard input).
+        #[arg(long)]
+        flows: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: Output,
+        /// Compare each verdict with the flow's `expect` field; exit 1 on any difference.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Explain, for one flow, which tier, policy and rule decides it and why.
+    Trace {
+        /// Manifest file or directory (repeat the flag for more).
+        #[arg(long, required = true, action = clap::ArgAction::Append)]
+        state: Vec<PathBuf>,
+        /// Source address.
+        src: String,
+        /// Destination address.
+        dst: String,
+        /// Protocol name or number.
+        protocol: String,
+        /// Destination port.
+        #[arg(long)]
+        dst_port: Option<i64>,
+        /// Source port.
+        #[arg(long)]
+        src_port: Option<i64>,
+        /// ICMP type.
+        #[arg(long)]
+        icmp_type: Option<i64>,
+        /// ICMP code.
+        #[arg(long)]
+        icmp_code: Option<i64>,
+    },
+    /// Test selectors: reads `{"selector": "...", "labels": {...}}` lines, prints `{"match": bool}`
+    /// or `{"error": "..."}` for each.
+    Selector {
+        /// Input file (default: standard input).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Eval { state, flows, output, check } => eval(&state, &flows, output, check),
+        Command::Trace { state, src, dst, protocol, dst_port, src_port, icmp_type, icmp_code } => {
+            let protocol = protocol.parse::<i64>().map(NumOrString::Num).unwrap_or(NumOrString::Str(protocol));
+            let spec = FlowSpec { src, dst, protocol, src_port, dst_port, icmp_type, icmp_code, expect: None, note: None };
+            trace(&state, &spec)
+        }
+        Command::Selector { file } => selector(file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("palisadectl: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(state: &[PathBuf]) -> Result<Cluster, String> {
+    palisade_policy::load_cluster(state).map_err(|errors| {
+        let mut s = format!("the policy state is invalid ({} error{}):", errors.len(), if errors.len() == 1 { "" } else { "s" });
+        for e in errors {
+            s.push_str(&format!("\n  {e}"));
+        }
+        s
+    })
+}
+
+fn open_lines(path: Option<&PathBuf>) -> Result<Box<dyn BufRead>, String> {
+    match path {
+        None => Ok(Box::new(std::io::stdin().lock())),
+        Some(p) if p.as_os_str() == "-" => Ok(Box::new(std::io::stdin().lock())),
+        Some(p) => std::fs::File::open(p).map(|f| Box::new(std::io::BufReader::new(f)) as Box<dyn BufRead>).map_err(|e| format!("{}: {e}", p.display())),
+    }
+}
+
+fn verdict_word(allowed: bool) -> &'static str {
+    if allowed {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
+fn eval(state: &[PathBuf], flows: &PathBuf, output: Output, check: bool) -> Result<ExitCode, String> {
+    let cluster = load(state)?;
+    let evaluator = Evaluator::new(&cluster);
+    let mut failed = false;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if matches!(output, Output::Table) {
+        writeln!(out, "{:<40} {:<7} {:<8} decided by", "flow", "verdict", "expected").ok();
+    }
+    for (n, line) in open_lines(Some(flows))?.lines().enumerate() {
+        let line = line.map_err(|e| format!("{}: {e}", flows.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let where_ = format!("{}:{}", flows.display(), n + 1);
+        let parsed = parse_line(&line).and_then(|spec| spec.to_flow().map(|f| (spec, f)));
+        let (spec, flow) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("palisadectl: {where_}: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let v = evaluator.evaluate(&flow);
+        let mismatch = check && spec.expect.as_deref().is_some_and(|e| e != verdict_word(v.allowed));
+        if check && spec.expect.as_deref().is_some_and(|e| e != "allow" && e != "deny") {
+            eprintln!("palisadectl: {where_}: expect must be \"allow\" or \"deny\"");
+            failed = true;
+        }
+        if mismatch {
+            eprintln!("palisadectl: {where_}: expected {}, got {}", spec.expect.as_deref().unwrap_or(""), verdict_word(v.allowed));
+            failed = true;
+        }
+        match output {
+            Output::Json => {
+                let input: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let mut obj = serde_json::json!({ "flow": input, "verdict": verdict_word(v.allowed) });
+                let m = obj.as_object_mut().unwrap();
+                if let Some(e) = &v.egress {
+                    m.insert("egress".into(), serde_json::to_value(e).unwrap());
+                }
+                if let Some(i) = &v.ingress {
+                    m.insert("ingress".into(), serde_json::to_value(i).unwrap());
+                }
+                if let Some(s) = v.staged_allowed {
+                    m.insert("staged_verdict".into(), verdict_word(s).into());
+                }
+                writeln!(out, "{obj}").ok();
+            }
+            Output::Table => {
+                let decided = [&v.egress, &v.ingress].into_iter().flatten().find(|d| !d.allowed).or(v.ingress.as_ref()).or(v.egress.as_ref());
+                let why = decided.map(|d| format!("{} {}: {}", d.direction, d.endpoint, describe(&d.decided_by))).unwrap_or("no endpoint (not policed)".into());
+                let mark = if mismatch { " MISMATCH" } else { "" };
+                writeln!(out, "{:<40} {:<7} {:<8} {why}{mark}", flow_label(&flow), verdict_word(v.allowed), spec.expect.as_deref().unwrap_or("-")).ok();
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn flow_label(f: &Flow) -> String {
+    let p = proto::name(f.protocol).map(str::to_string).unwrap_or_else(|| f.protocol.to_string());
+    if proto::has_ports(f.protocol) {
+        format!("{} -> {} {p}/{}", f.src, f.dst, f.dst_port)
+    } else if let Some(t) = f.icmp_type {
+        format!("{} -> {} {p} type {t}", f.src, f.dst)
+    } else {
+        format!("{} -> {} {p}", f.src, f.dst)
+    }
+}
+
+fn rule_ref(r: &RuleRef) -> String {
+    let tier = r.tier.as_ref().map(|t| format!("tier {t}, ")).unwrap_or_default();
+    let kind = if r.tier.is_some() { "policy" } else { "profile" };
+    let staged = if r.staged { " (staged: not enforced)" } else { "" };
+    format!("{tier}{kind} {}, rule {} ({}){staged}", r.policy, r.rule, r.action)
+}
+
+fn describe(d: &Decision) -> String {
+    match d {
+        Decision::Rule(r) | Decision::Profile(r) => rule_ref(r),
+        Decision::TierDefault { tier } => format!("end of tier {tier}: policies applied but none allowed, tier default Deny"),
+        Decision::NoProfileMatch => "no policy or profile allowed it (default deny)".into(),
+    }
+}
+
+fn trace(state: &[PathBuf], spec: &FlowSpec) -> Result<ExitCode, String> {
+    let cluster = load(state)?;
+    let flow = spec.to_flow()?;
+    let v: Verdict = Evaluator::new(&cluster).evaluate(&flow);
+    println!("flow: {}", flow_label(&flow));
+    let side = |label: &str, d: &Option<DirectionVerdict>, ip| match d {
+        None => println!("{label}: {ip} is not an endpoint; no {} policy applies", if label == "egress" { "egress" } else { "ingress" }),
+        Some(d) => {
+            println!("{label} of {}: {}", d.endpoint, verdict_word(d.allowed).to_uppercase());
+            for m in &d.matched {
+                println!("  matched {}", rule_ref(m));
+            }
+            println!("  decided by {}", describe(&d.decided_by));
+        }
+    };
+    side("egress", &v.egress, flow.src);
+    side("ingress", &v.ingress, flow.dst);
+    println!("verdict: {}", verdict_word(v.allowed).to_uppercase());
+    if let Some(s) = v.staged_allowed {
+        println!("with staged policies enforced: {}", verdict_word(s).to_uppercase());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectorLine {
+    selector: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn selector(file: Option<PathBuf>) -> Result<ExitCode, String> {
+    let mut failed = false;
+    for (n, line) in open_lines(file.as_ref())?.lines().enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = match serde_json::from_str::<SelectorLine>(&line) {
+            Err(e) => serde_json::json!({ "error": format!("line {}: {e}", n + 1) }),
+            Ok(l) => match Selector::parse(&l.selector) {
+                Ok(sel) => serde_json::json!({ "match": sel.matches(&l.labels) }),
+                Err(e) => serde_json::json!({ "error": format!("line {}: invalid selector: {e}", n + 1) }),
+            },
+        };
+        failed |= answer.get("error").is_some();
+        println!("{answer}");
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
