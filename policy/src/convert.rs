@@ -646,7 +646,8 @@ impl Builder {
                 self.service_accounts.insert((ns, m.name.clone()), m.labels.clone());
             }
             Resource::Pod(m, spec, status) => self.pod(r, m, spec, status),
-            Resource::K8sNetworkPolicy(m, spec) => self.k8s_policy(r, m, spec),
+            Resource::K8sNetworkPolicy(m, spec) => self.k8s_policy(r, m, spec, PolicyKind::KubernetesNetworkPolicy),
+            Resource::StagedK8sNetworkPolicy(m, spec) => self.k8s_policy(r, m, spec, PolicyKind::StagedKubernetesNetworkPolicy),
             Resource::NetworkPolicy(m, spec) => self.calico_policy(r, m, spec, PolicyKind::NetworkPolicy),
             Resource::GlobalNetworkPolicy(m, spec) => self.calico_policy(r, m, spec, PolicyKind::GlobalNetworkPolicy),
             Resource::StagedNetworkPolicy(m, spec) => self.calico_policy(r, m, spec, PolicyKind::StagedNetworkPolicy),
@@ -854,23 +855,7 @@ impl Builder {
         if (spec.pre_dnat || spec.do_not_track) && !spec.apply_on_forward {
             c.err("spec.applyOnForward", "preDNAT and doNotTrack policies need applyOnForward: true");
         }
-        let staged_action = if kind.is_staged() {
-            match spec.staged_action.as_deref() {
-                None | Some("Set") => Some(StagedAction::Set),
-                Some("Delete") => Some(StagedAction::Delete),
-                // Learn and Ignore propose nothing to preview.
-                Some("Learn") | Some("Ignore") => return,
-                Some(other) => {
-                    c.err("spec.stagedAction", format!("unknown staged action {other:?} (use Set, Delete, Learn or Ignore)"));
-                    None
-                }
-            }
-        } else {
-            if spec.staged_action.is_some() {
-                c.err("spec.stagedAction", "only staged policies have this field");
-            }
-            None
-        };
+        let Some(staged_action) = staged_action(&mut c, kind, &spec.staged_action) else { return };
         // Policy selector, as libcalico-go's update processors build it.
         let selector = match &ns {
             Some(ns) => {
@@ -925,9 +910,10 @@ impl Builder {
         });
     }
 
-    fn k8s_policy(&mut self, r: &Resource, m: &Metadata, spec: &K8sNetworkPolicySpec) {
+    fn k8s_policy(&mut self, r: &Resource, m: &Metadata, spec: &K8sNetworkPolicySpec, kind: PolicyKind) {
         let ns = namespace_of(r).unwrap_or_default();
         let mut c = self.ctx(r);
+        let Some(staged_action) = staged_action(&mut c, kind, &spec.staged_action) else { return };
         let pod_sel = match &spec.pod_selector {
             Some(s) => k8s_selector(&mut c, "spec.podSelector", s),
             None => {
@@ -961,9 +947,10 @@ impl Builder {
             egress.extend(k8s_rules(&mut c, &format!("spec.egress[{i}]"), &rule.to, &rule.ports, false));
         }
         let selector = Selector::And(vec![orchestrator_k8s().and(pod_sel), ns_label_selector(&ns)]);
+        let name = format!("{ns}/knp.default.{}", m.name);
         self.policies.push(Policy {
-            name: format!("{ns}/knp.default.{}", m.name),
-            kind: PolicyKind::KubernetesNetworkPolicy,
+            name: if kind.is_staged() { format!("staged:{name}") } else { name },
+            kind,
             namespace: Some(ns.clone()),
             tier: "default".into(),
             order: Some(K8S_POLICY_ORDER),
@@ -975,7 +962,7 @@ impl Builder {
             do_not_track: false,
             pre_dnat: false,
             apply_on_forward: true,
-            staged_action: None,
+            staged_action,
         });
     }
 
@@ -1059,6 +1046,26 @@ impl Builder {
             network_sets: self.network_sets,
             namespaces: self.namespaces,
         })
+    }
+}
+
+/// The staged action of a policy: `Some(None)` for enforced kinds, `Some(Some(..))` for staged
+/// ones that propose a change, `None` for staged ones that propose nothing (Learn, Ignore).
+fn staged_action(c: &mut Ctx, kind: PolicyKind, field: &Option<String>) -> Option<Option<StagedAction>> {
+    if !kind.is_staged() {
+        if field.is_some() {
+            c.err("spec.stagedAction", "only staged policies have this field");
+        }
+        return Some(None);
+    }
+    match field.as_deref() {
+        None | Some("Set") => Some(Some(StagedAction::Set)),
+        Some("Delete") => Some(Some(StagedAction::Delete)),
+        Some("Learn") | Some("Ignore") => None,
+        Some(other) => {
+            c.err("spec.stagedAction", format!("unknown staged action {other:?} (use Set, Delete, Learn or Ignore)"));
+            Some(None)
+        }
     }
 }
 

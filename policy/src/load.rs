@@ -188,6 +188,7 @@ pub fn resource_from_value(value: serde_json::Value, where_: &str) -> Result<Res
         }
         ("networking.k8s.io/v1", "NetworkPolicy") => Resource::K8sNetworkPolicy(meta, typed(spec, "spec", &id)?),
         (_, "NetworkPolicy") if calico => Resource::NetworkPolicy(meta, typed(spec, "spec", &id)?),
+        (_, "StagedKubernetesNetworkPolicy") if calico => Resource::StagedK8sNetworkPolicy(meta, typed(spec, "spec", &id)?),
         (_, "GlobalNetworkPolicy") if calico => Resource::GlobalNetworkPolicy(meta, typed(spec, "spec", &id)?),
         (_, "StagedNetworkPolicy") if calico => Resource::StagedNetworkPolicy(meta, typed(spec, "spec", &id)?),
         (_, "StagedGlobalNetworkPolicy") if calico => Resource::StagedGlobalNetworkPolicy(meta, typed(spec, "spec", &id)?),
@@ -204,7 +205,7 @@ pub fn resource_from_value(value: serde_json::Value, where_: &str) -> Result<Res
                 format!(
                     "unsupported apiVersion/kind {api}/{kind} (supported: v1 Namespace, ServiceAccount, Pod; \
                      networking.k8s.io/v1 NetworkPolicy; projectcalico.org/v3 NetworkPolicy, GlobalNetworkPolicy, \
-                     StagedNetworkPolicy, StagedGlobalNetworkPolicy, Tier, HostEndpoint, WorkloadEndpoint, \
+                     StagedNetworkPolicy, StagedGlobalNetworkPolicy, StagedKubernetesNetworkPolicy, Tier, HostEndpoint, WorkloadEndpoint, \
                      NetworkSet, GlobalNetworkSet, Profile)"
                 ),
             ))

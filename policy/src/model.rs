@@ -203,12 +203,14 @@ pub enum PolicyKind {
     StagedNetworkPolicy,
     /// Calico StagedGlobalNetworkPolicy.
     StagedGlobalNetworkPolicy,
+    /// Calico StagedKubernetesNetworkPolicy.
+    StagedKubernetesNetworkPolicy,
 }
 
 impl PolicyKind {
     /// Whether the kind never decides a verdict.
     pub fn is_staged(self) -> bool {
-        matches!(self, PolicyKind::StagedNetworkPolicy | PolicyKind::StagedGlobalNetworkPolicy)
+        matches!(self, PolicyKind::StagedNetworkPolicy | PolicyKind::StagedGlobalNetworkPolicy | PolicyKind::StagedKubernetesNetworkPolicy)
     }
 }
 

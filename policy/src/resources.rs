@@ -72,6 +72,9 @@ pub struct K8sNetworkPolicySpec {
     /// Egress rules.
     #[serde(default)]
     pub egress: Option<Vec<K8sEgressRule>>,
+    /// Only in Calico's StagedKubernetesNetworkPolicy: `Set` (default), `Delete`, `Learn`, `Ignore`.
+    #[serde(default)]
+    pub staged_action: Option<String>,
 }
 
 /// A Kubernetes ingress rule.
@@ -461,6 +464,8 @@ pub enum Resource {
     Pod(Metadata, PodSpec, PodStatus),
     /// `networking.k8s.io/v1` NetworkPolicy.
     K8sNetworkPolicy(Metadata, K8sNetworkPolicySpec),
+    /// Calico StagedKubernetesNetworkPolicy (a staged `networking.k8s.io/v1` NetworkPolicy).
+    StagedK8sNetworkPolicy(Metadata, K8sNetworkPolicySpec),
     /// Calico NetworkPolicy (namespaced).
     NetworkPolicy(Metadata, CalicoPolicySpec),
     /// Calico GlobalNetworkPolicy.
@@ -491,6 +496,7 @@ impl Resource {
             Resource::ServiceAccount(..) => "ServiceAccount",
             Resource::Pod(..) => "Pod",
             Resource::K8sNetworkPolicy(..) => "NetworkPolicy",
+            Resource::StagedK8sNetworkPolicy(..) => "StagedKubernetesNetworkPolicy",
             Resource::NetworkPolicy(..) => "NetworkPolicy",
             Resource::GlobalNetworkPolicy(..) => "GlobalNetworkPolicy",
             Resource::StagedNetworkPolicy(..) => "StagedNetworkPolicy",
@@ -520,6 +526,7 @@ impl Resource {
             Resource::ServiceAccount(..)
                 | Resource::Pod(..)
                 | Resource::K8sNetworkPolicy(..)
+                | Resource::StagedK8sNetworkPolicy(..)
                 | Resource::NetworkPolicy(..)
                 | Resource::StagedNetworkPolicy(..)
                 | Resource::WorkloadEndpoint(..)
@@ -533,6 +540,7 @@ impl Resource {
             Resource::Namespace(m) | Resource::ServiceAccount(m) => m,
             Resource::Pod(m, ..)
             | Resource::K8sNetworkPolicy(m, _)
+            | Resource::StagedK8sNetworkPolicy(m, _)
             | Resource::NetworkPolicy(m, _)
             | Resource::GlobalNetworkPolicy(m, _)
             | Resource::StagedNetworkPolicy(m, _)

@@ -542,7 +542,7 @@ impl fmt::Display for Selector {
             Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", quote(v)),
             Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", quote(v)),
             Selector::Not(s) => match **s {
-                Selector::And(_) | Selector::Or(_) => write!(f, "!({s})"),
+                Selector::And(_) | Selector::Or(_) | Selector::Not(_) => write!(f, "!({s})"),
                 _ => write!(f, "!{s}"),
             },
             Selector::And(ts) => {
