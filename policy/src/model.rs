@@ -488,10 +488,11 @@ impl Cluster {
     }
 
     /// Whether `(ip, protocol, port)` is the named port `name` of an endpoint matching `sel`
-    /// (all endpoints when `sel` is `None`): Felix's named-port IP sets.
+    /// (all endpoints when `sel` is `None`): Felix's named-port IP sets, whose members are the
+    /// endpoints' own addresses.
     pub fn named_port_has(&self, sel: Option<&Selector>, name: &str, ip: IpAddr, protocol: u8, port: u16) -> bool {
         self.endpoints.iter().any(|e| {
-            e.has_ip(ip)
+            e.ips.iter().any(|n| n.addr() == ip)
                 && sel.is_none_or(|s| s.matches(&e.labels))
                 && e.ports.iter().any(|p| p.name == name && p.protocol == protocol && p.port == port)
         })

@@ -1,0 +1,531 @@
+//! The policy compiler: the normalized cluster model → one classifier per endpoint and direction.
+//!
+//! Each endpoint-direction's chain (untracked, pre-DNAT and normal tiers, their policies and
+//! rules, the end-of-tier defaults, then the profiles) is laid out as one ordered list of entries.
+//! Allow, Deny and Pass rules, every tier's default Deny and a final "no profile allowed it" are
+//! *terminal* entries, found by a first-match lookup in a [`TreeClassifier`]; a Pass restarts the
+//! lookup at the end of its tier (or profile). Log rules and staged-policy rules are *side*
+//! entries: all of them that match are collected and kept if they come before the decision and
+//! outside the parts a Pass skipped. The result equals the reference evaluator's, rule for rule;
+//! the property tests check that.
+//!
+//! Selectors become shared [`IpSet`]s and named ports shared [`NamedPortSet`]s, checked when a
+//! candidate rule is reached, so a change of members recompiles nothing. Endpoints whose chains
+//! are the same share one compiled [`Program`].
+
+use crate::classifier::tree::{Intervals, Key, TreeClassifier, TreeRule, FIELDS};
+use crate::ipset::{v4_range, v6_range, IpSet, IpSetMembers, NamedPortMembers, NamedPortSet, Ranges};
+use ipnet::IpNet;
+use palisade_policy::eval::{Decision, Flow, RuleRef};
+use palisade_policy::model::*;
+use palisade_policy::selector::Selector;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What an entry of a program is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EntryKind {
+    /// A policy or profile rule.
+    Rule(RuleRef),
+    /// A tier's default Deny.
+    TierEnd {
+        /// The tier.
+        tier: String,
+    },
+    /// Nothing allowed the flow.
+    NoProfileMatch,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    kind: EntryKind,
+    /// First entry after this entry's tier or profile (where a Pass continues).
+    segment_end: u32,
+    /// For staged rules: the policy they belong to (its matches stop at its first terminal rule).
+    staged_group: Option<u32>,
+    /// Allow/Deny/Pass of an enforced rule, or a default: decides or redirects the lookup.
+    terminal: bool,
+}
+
+/// Checks on an address and port that the tree cannot see: selector and named-port sets.
+#[derive(Clone, Debug, Default)]
+struct SideChecks {
+    selector: Option<Arc<IpSet>>,
+    not_selector: Option<Arc<IpSet>>,
+    /// Numeric ranges OR these named ports (only when the rule has named ports).
+    named: Option<(Vec<PortRange>, Vec<Arc<NamedPortSet>>)>,
+    not_named: Vec<Arc<NamedPortSet>>,
+}
+
+impl SideChecks {
+    fn is_empty(&self) -> bool {
+        self.selector.is_none() && self.not_selector.is_none() && self.named.is_none() && self.not_named.is_empty()
+    }
+
+    #[inline]
+    fn accept(&self, ip: IpAddr, protocol: u8, port: u16) -> bool {
+        self.selector.as_ref().is_none_or(|s| s.contains(ip))
+            && !self.not_selector.as_ref().is_some_and(|s| s.contains(ip))
+            && self.named.as_ref().is_none_or(|(ranges, sets)| {
+                ranges.iter().any(|r| r.contains(port)) || sets.iter().any(|s| s.contains(ip, protocol, port))
+            })
+            && !self.not_named.iter().any(|s| s.contains(ip, protocol, port))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Checks {
+    src: SideChecks,
+    dst: SideChecks,
+}
+
+impl Checks {
+    #[inline]
+    fn accept(&self, flow: &Flow) -> bool {
+        self.src.accept(flow.src, flow.protocol, flow.src_port) && self.dst.accept(flow.dst, flow.protocol, flow.dst_port)
+    }
+}
+
+/// The compiled rules of one IP version.
+#[derive(Debug)]
+struct VersionClassifier<K> {
+    terminal: TreeClassifier<K>,
+    side: Vec<TreeRule<K>>,
+}
+
+/// The result of classifying a flow for one endpoint and direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classification {
+    /// Whether the flow is allowed.
+    pub allowed: bool,
+    /// The deciding entry.
+    pub decided_by: u32,
+    /// Log, Pass and staged entries matched on the way, in order.
+    pub matched: Vec<u32>,
+}
+
+/// The compiled classifier of one endpoint and direction.
+#[derive(Debug)]
+pub struct Program {
+    entries: Vec<Entry>,
+    checks: Vec<Option<Box<Checks>>>,
+    v4: VersionClassifier<u32>,
+    v6: VersionClassifier<u128>,
+}
+
+/// The classification key: source, destination, protocol, source port, destination port; ICMP
+/// type and code travel in the destination port as `type << 8 | code`.
+fn ports_of(flow: &Flow) -> (u16, u16) {
+    match flow.protocol {
+        proto::ICMP | proto::ICMPV6 => (0, (u16::from(flow.icmp_type.unwrap_or(0)) << 8) | u16::from(flow.icmp_code.unwrap_or(0))),
+        _ => (flow.src_port, flow.dst_port),
+    }
+}
+
+impl Program {
+    /// Classifies a flow (the first packet of a connection).
+    pub fn classify(&self, flow: &Flow) -> Classification {
+        let (sp, dp) = ports_of(flow);
+        match (flow.src, flow.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.run(&self.v4, &[u32::from(s), u32::from(d), flow.protocol.into(), sp.into(), dp.into()], flow),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.run(&self.v6, &[u128::from(s), u128::from(d), flow.protocol.into(), sp.into(), dp.into()], flow),
+            _ => Classification { allowed: false, decided_by: (self.entries.len() - 1) as u32, matched: Vec::new() },
+        }
+    }
+
+    fn accept(&self, entry: u32, flow: &Flow) -> bool {
+        self.checks[entry as usize].as_ref().is_none_or(|c| c.accept(flow))
+    }
+
+    fn run<K: Key>(&self, vc: &VersionClassifier<K>, key: &[K; FIELDS], flow: &Flow) -> Classification {
+        let rules = vc.terminal.rules();
+        let mut from = 0u32;
+        let mut passes: Vec<u32> = Vec::new();
+        let mut skipped: Vec<(u32, u32)> = Vec::new();
+        let decided = loop {
+            let hit = vc.terminal.lookup(key, from, |ri| self.accept(rules[ri].priority, flow));
+            let e = rules[hit.expect("the final no-profile-match entry matches everything")].priority;
+            let entry = &self.entries[e as usize];
+            match &entry.kind {
+                EntryKind::Rule(r) if r.action == Action::Pass => {
+                    passes.push(e);
+                    skipped.push((e + 1, entry.segment_end));
+                    from = entry.segment_end;
+                }
+                _ => break e,
+            }
+        };
+        let allowed = matches!(&self.entries[decided as usize].kind, EntryKind::Rule(r) if r.action == Action::Allow);
+        let mut matched = passes;
+        if !vc.side.is_empty() {
+            let mut stopped_groups: Vec<u32> = Vec::new();
+            for r in &vc.side {
+                let e = r.priority;
+                if e >= decided {
+                    break;
+                }
+                if skipped.iter().any(|&(a, b)| a <= e && e < b) || !r.matches(key) || !self.accept(e, flow) {
+                    continue;
+                }
+                let entry = &self.entries[e as usize];
+                if let Some(g) = entry.staged_group {
+                    if stopped_groups.contains(&g) {
+                        continue;
+                    }
+                    if matches!(&entry.kind, EntryKind::Rule(r) if r.action != Action::Log) {
+                        stopped_groups.push(g);
+                    }
+                }
+                matched.push(e);
+            }
+            matched.sort_unstable();
+        }
+        Classification { allowed, decided_by: decided, matched }
+    }
+
+    /// The deciding rule or default of a classification, in the evaluator's terms.
+    pub fn decision(&self, c: &Classification) -> Decision {
+        match &self.entries[c.decided_by as usize].kind {
+            EntryKind::Rule(r) if r.tier.is_some() => Decision::Rule(r.clone()),
+            EntryKind::Rule(r) => Decision::Profile(r.clone()),
+            EntryKind::TierEnd { tier } => Decision::TierDefault { tier: tier.clone() },
+            EntryKind::NoProfileMatch => Decision::NoProfileMatch,
+        }
+    }
+
+    /// The matched Log, Pass and staged rules of a classification, in the evaluator's terms.
+    pub fn matched(&self, c: &Classification) -> Vec<RuleRef> {
+        c.matched
+            .iter()
+            .filter_map(|&e| match &self.entries[e as usize].kind {
+                EntryKind::Rule(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Number of entries (rules and defaults).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the program has no entries (never: the final default is always there).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Approximate heap memory in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.v4.terminal.memory_bytes() + self.v6.terminal.memory_bytes() + self.entries.len() * std::mem::size_of::<Entry>()
+    }
+}
+
+/// Compiles a cluster into programs, sharing sets and identical chains.
+#[derive(Default)]
+pub struct Compiler {
+    ip_sets: HashMap<String, Arc<IpSet>>,
+    named_sets: HashMap<(String, String), Arc<NamedPortSet>>,
+    programs: HashMap<Vec<String>, Arc<Program>>,
+}
+
+/// The programs of every endpoint, by endpoint name and direction.
+pub type Programs = HashMap<(String, Direction), Arc<Program>>;
+
+impl Compiler {
+    /// A compiler with no cached sets or programs.
+    pub fn new() -> Self {
+        Compiler::default()
+    }
+
+    /// Compiles every endpoint of `cluster` (optionally only those on `node`). Programs whose
+    /// chain is unchanged since the last call are reused; sets are updated in place.
+    pub fn compile(&mut self, cluster: &Cluster, node: Option<&str>) -> Programs {
+        for (sel, set) in &self.ip_sets {
+            set.set(selector_members(cluster, &Selector::parse(sel).expect("canonical selector")));
+        }
+        for ((sel, name), set) in &self.named_sets {
+            let s = (!sel.is_empty()).then(|| Selector::parse(sel).expect("canonical selector"));
+            set.set(named_port_members(cluster, s.as_ref(), name));
+        }
+        let mut out = HashMap::new();
+        let mut used: HashMap<Vec<String>, Arc<Program>> = HashMap::new();
+        for ep in cluster.endpoints.iter().filter(|e| node.is_none_or(|n| e.node.as_deref() == Some(n))) {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let chain = Chain::of(cluster, ep, dir);
+                let sig = chain.signature();
+                let prog = match self.programs.get(&sig) {
+                    Some(p) => p.clone(),
+                    None => Arc::new(self.build(cluster, &chain)),
+                };
+                used.insert(sig, prog.clone());
+                out.insert((ep.name.clone(), dir), prog);
+            }
+        }
+        // Chains whose policies changed get new signatures only if their names changed; callers
+        // that change rule contents must call `invalidate` for those policies first.
+        self.programs = used;
+        out
+    }
+
+    /// Forgets compiled programs that use any of these policies or profiles (whose rules changed).
+    pub fn invalidate(&mut self, names: &[String]) {
+        self.programs.retain(|sig, _| !sig.iter().any(|s| names.iter().any(|n| s.ends_with(&format!("|{n}")))));
+    }
+
+    fn ip_set(&mut self, cluster: &Cluster, sel: &Selector) -> Arc<IpSet> {
+        self.ip_sets.entry(sel.to_string()).or_insert_with(|| Arc::new(IpSet::new(selector_members(cluster, sel)))).clone()
+    }
+
+    fn named_set(&mut self, cluster: &Cluster, sel: Option<&Selector>, name: &str) -> Arc<NamedPortSet> {
+        let key = (sel.map(|s| s.to_string()).unwrap_or_default(), name.to_string());
+        self.named_sets.entry(key).or_insert_with(|| Arc::new(NamedPortSet::new(named_port_members(cluster, sel, name)))).clone()
+    }
+
+    fn side_checks(&mut self, cluster: &Cluster, m: &EntityMatch) -> SideChecks {
+        let named = (!m.named_ports.is_empty()).then(|| {
+            let sets = m.named_ports.iter().map(|n| self.named_set(cluster, m.selector.as_ref(), n)).collect();
+            (m.ports.clone(), sets)
+        });
+        SideChecks {
+            selector: m.selector.as_ref().map(|s| self.ip_set(cluster, s)),
+            not_selector: m.not_selector.as_ref().map(|s| self.ip_set(cluster, s)),
+            named,
+            not_named: m.not_named_ports.iter().map(|n| self.named_set(cluster, m.selector.as_ref(), n)).collect(),
+        }
+    }
+
+    fn build(&mut self, cluster: &Cluster, chain: &Chain<'_>) -> Program {
+        let mut entries = Vec::new();
+        let mut checks = Vec::new();
+        let mut v4 = (Vec::new(), Vec::new());
+        let mut v6 = (Vec::new(), Vec::new());
+        let mut group = 0u32;
+        for seg in &chain.segments {
+            let start = entries.len();
+            for (policy, tier, rules, staged) in &seg.parts {
+                group += 1;
+                for (i, rule) in rules.iter().enumerate() {
+                    let e = entries.len() as u32;
+                    let terminal = !staged && rule.action != Action::Log;
+                    entries.push(Entry {
+                        kind: EntryKind::Rule(RuleRef { tier: tier.clone(), policy: policy.clone(), rule: i, action: rule.action, staged: *staged }),
+                        segment_end: 0,
+                        staged_group: staged.then_some(group),
+                        terminal,
+                    });
+                    let c = Checks { src: self.side_checks(cluster, &rule.src), dst: self.side_checks(cluster, &rule.dst) };
+                    checks.push((!(c.src.is_empty() && c.dst.is_empty())).then(|| Box::new(c)));
+                    if let Some(fields) = rule_fields::<u32>(rule, 4) {
+                        if terminal { &mut v4.0 } else { &mut v4.1 }.push(TreeRule { priority: e, fields });
+                    }
+                    if let Some(fields) = rule_fields::<u128>(rule, 6) {
+                        if terminal { &mut v6.0 } else { &mut v6.1 }.push(TreeRule { priority: e, fields });
+                    }
+                }
+            }
+            if let Some(tier) = &seg.default_deny {
+                let e = entries.len() as u32;
+                entries.push(Entry { kind: EntryKind::TierEnd { tier: tier.clone() }, segment_end: 0, staged_group: None, terminal: true });
+                checks.push(None);
+                v4.0.push(TreeRule { priority: e, fields: full_fields() });
+                v6.0.push(TreeRule { priority: e, fields: full_fields() });
+            }
+            let end = entries.len() as u32;
+            for en in &mut entries[start..] {
+                en.segment_end = end;
+            }
+        }
+        let e = entries.len() as u32;
+        entries.push(Entry { kind: EntryKind::NoProfileMatch, segment_end: e + 1, staged_group: None, terminal: true });
+        checks.push(None);
+        v4.0.push(TreeRule { priority: e, fields: full_fields() });
+        v6.0.push(TreeRule { priority: e, fields: full_fields() });
+        debug_assert!(entries.iter().all(|e| e.terminal || matches!(e.kind, EntryKind::Rule(_))));
+        Program {
+            entries,
+            checks,
+            v4: VersionClassifier { terminal: TreeClassifier::build(v4.0), side: v4.1 },
+            v6: VersionClassifier { terminal: TreeClassifier::build(v6.0), side: v6.1 },
+        }
+    }
+}
+
+/// One tier (or profile) of a chain: its policies' rules for the direction.
+struct Segment<'a> {
+    /// (policy or profile name, tier, rules, staged)
+    parts: Vec<(String, Option<String>, &'a [Rule], bool)>,
+    /// The tier whose default Deny ends the segment, if it has one.
+    default_deny: Option<String>,
+}
+
+/// An endpoint-direction's chain, as the evaluator walks it.
+struct Chain<'a> {
+    segments: Vec<Segment<'a>>,
+}
+
+impl<'a> Chain<'a> {
+    fn of(cluster: &'a Cluster, ep: &Endpoint, dir: Direction) -> Chain<'a> {
+        let mut segments = Vec::new();
+        for stage in [Stage::Untracked, Stage::PreDnat, Stage::Normal] {
+            for view in cluster.tiers_for(ep, dir, stage) {
+                let tier = view.tier.name.clone();
+                let parts = view.policies.iter().map(|p| (p.name.clone(), Some(tier.clone()), p.rules(dir), p.is_staged())).collect();
+                let default_deny = (stage == Stage::Normal && view.has_enforced() && view.tier.default_action == TierDefault::Deny).then(|| tier.clone());
+                segments.push(Segment { parts, default_deny });
+            }
+        }
+        for pname in &ep.profiles {
+            if let Some(p) = cluster.profiles.get(pname) {
+                segments.push(Segment { parts: vec![(p.name.clone(), None, p.rules(dir), false)], default_deny: None });
+            }
+        }
+        Chain { segments }
+    }
+
+    /// Identifies the chain by the names of what it contains; equal signatures compile equally.
+    fn signature(&self) -> Vec<String> {
+        let mut sig = Vec::new();
+        for s in &self.segments {
+            sig.push(format!("segment|{}", s.default_deny.as_deref().unwrap_or("")));
+            for (name, tier, rules, staged) in &s.parts {
+                sig.push(format!("{}|{}|{}|{name}", tier.as_deref().unwrap_or("profile"), rules.len(), staged));
+            }
+        }
+        sig
+    }
+}
+
+fn full_fields<K: Key>() -> [Intervals<K>; FIELDS] {
+    [vec![(K::MIN, K::MAX)], vec![(K::MIN, K::MAX)], vec![(K::MIN, K::MAX)], vec![(K::MIN, K::MAX)], vec![(K::MIN, K::MAX)]]
+}
+
+/// Address intervals of the CIDRs of one version.
+trait VersionKey: Key {
+    fn ranges(nets: &[IpNet]) -> Vec<(Self, Self)>;
+    fn from_u16(v: u16) -> Self;
+}
+
+impl VersionKey for u32 {
+    fn ranges(nets: &[IpNet]) -> Vec<(u32, u32)> {
+        nets.iter().filter_map(|n| if let IpNet::V4(n) = n { Some(v4_range(n)) } else { None }).collect()
+    }
+    fn from_u16(v: u16) -> Self {
+        v.into()
+    }
+}
+
+impl VersionKey for u128 {
+    fn ranges(nets: &[IpNet]) -> Vec<(u128, u128)> {
+        nets.iter().filter_map(|n| if let IpNet::V6(n) = n { Some(v6_range(n)) } else { None }).collect()
+    }
+    fn from_u16(v: u16) -> Self {
+        v.into()
+    }
+}
+
+fn normalize<K: Key>(v: Vec<(K, K)>) -> Intervals<K> {
+    Ranges::from_unsorted(v, |x: K| (x != K::MAX).then(|| x.inc())).intervals().to_vec()
+}
+
+/// `a` minus `b`, both sorted and disjoint.
+fn subtract<K: Key>(a: &[(K, K)], b: &[(K, K)]) -> Intervals<K> {
+    let mut out = Vec::new();
+    for &(lo, hi) in a {
+        let mut cur = lo;
+        let mut done = false;
+        for &(blo, bhi) in b {
+            if bhi < cur || blo > hi {
+                continue;
+            }
+            if blo > cur {
+                out.push((cur, blo.dec()));
+            }
+            if bhi >= hi {
+                done = true;
+                break;
+            }
+            cur = bhi.inc();
+        }
+        if !done {
+            out.push((cur, hi));
+        }
+    }
+    out
+}
+
+/// The address field of an entity for one version: `None` when the rule cannot match it.
+fn addr_field<K: VersionKey>(m: &EntityMatch) -> Option<Intervals<K>> {
+    let pos = if m.nets.is_empty() { vec![(K::MIN, K::MAX)] } else { normalize(K::ranges(&m.nets)) };
+    let f = subtract(&pos, &normalize(K::ranges(&m.not_nets)));
+    (!f.is_empty()).then_some(f)
+}
+
+fn port_field<K: VersionKey>(m: &EntityMatch) -> Intervals<K> {
+    let pos = if m.ports.is_empty() || !m.named_ports.is_empty() {
+        vec![(K::MIN, K::from_u16(u16::MAX))]
+    } else {
+        normalize(m.ports.iter().map(|r| (K::from_u16(r.first), K::from_u16(r.last))).collect())
+    };
+    subtract(&pos, &normalize(m.not_ports.iter().map(|r| (K::from_u16(r.first), K::from_u16(r.last))).collect()))
+}
+
+fn icmp_range<K: VersionKey>(m: IcmpMatch) -> (K, K) {
+    let t = u16::from(m.icmp_type) << 8;
+    match m.code {
+        Some(c) => (K::from_u16(t | u16::from(c)), K::from_u16(t | u16::from(c))),
+        None => (K::from_u16(t), K::from_u16(t | 0xff)),
+    }
+}
+
+/// The interval fields of a rule for IP version `v`, or `None` if it cannot match that version.
+fn rule_fields<K: VersionKey>(r: &Rule, v: u8) -> Option<[Intervals<K>; FIELDS]> {
+    if r.ip_version.is_some_and(|x| x != v) {
+        return None;
+    }
+    let src = addr_field::<K>(&r.src)?;
+    let dst = addr_field::<K>(&r.dst)?;
+    let proto_full = vec![(K::MIN, K::from_u16(255))];
+    let proto_pos = match r.protocol {
+        Some(p) => vec![(K::from_u16(p.into()), K::from_u16(p.into()))],
+        None => proto_full,
+    };
+    let proto = match r.not_protocol {
+        Some(p) => subtract(&proto_pos, &[(K::from_u16(p.into()), K::from_u16(p.into()))]),
+        None => proto_pos,
+    };
+    let sport = port_field::<K>(&r.src);
+    let mut dport = port_field::<K>(&r.dst);
+    if let Some(m) = r.icmp {
+        dport = vec![icmp_range(m)];
+    }
+    if let Some(m) = r.not_icmp {
+        dport = subtract(&dport, &[icmp_range(m)]);
+    }
+    let fields = [src, dst, proto, sport, dport];
+    fields.iter().all(|f| !f.is_empty()).then_some(fields)
+}
+
+/// Members of a selector's IP set: addresses of matching endpoints and CIDRs of matching network sets.
+fn selector_members(cluster: &Cluster, sel: &Selector) -> IpSetMembers {
+    let nets = cluster
+        .endpoints
+        .iter()
+        .filter(|e| sel.matches(&e.labels))
+        .flat_map(|e| e.ips.iter())
+        .chain(cluster.network_sets.iter().filter(|n| sel.matches(&n.labels)).flat_map(|n| n.nets.iter()));
+    IpSetMembers::from_nets(nets)
+}
+
+/// Members of a named-port set: `(ip, protocol, port)` of endpoints matching `sel` (all when `None`).
+fn named_port_members(cluster: &Cluster, sel: Option<&Selector>, name: &str) -> NamedPortMembers {
+    let mut out = NamedPortMembers::new();
+    for e in cluster.endpoints.iter().filter(|e| sel.is_none_or(|s| s.matches(&e.labels))) {
+        for p in e.ports.iter().filter(|p| p.name == name) {
+            for n in &e.ips {
+                out.insert((n.addr(), p.protocol, p.port));
+            }
+        }
+    }
+    out
+}
