@@ -139,13 +139,11 @@ impl Program {
     }
 
     fn run<K: Key>(&self, vc: &VersionClassifier<K>, key: &[K; FIELDS], flow: &Flow) -> Classification {
-        let rules = vc.terminal.rules();
         let mut from = 0u32;
         let mut passes: Vec<u32> = Vec::new();
         let mut skipped: Vec<(u32, u32)> = Vec::new();
         let decided = loop {
-            let hit = vc.terminal.lookup(key, from, |ri| self.accept(rules[ri].priority, flow));
-            let e = rules[hit.expect("the final no-profile-match entry matches everything")].priority;
+            let e = vc.terminal.lookup(key, from, |e| self.accept(e, flow)).expect("the final no-profile-match entry matches everything");
             let entry = &self.entries[e as usize];
             match &entry.kind {
                 EntryKind::Rule(r) if r.action == Action::Pass => {

@@ -15,9 +15,9 @@ impl<K: Key> LinearClassifier<K> {
         LinearClassifier { rules }
     }
 
-    /// The index of the first rule with priority `>= from` that matches and is accepted.
-    pub fn lookup(&self, key: &[K; FIELDS], from: u32, mut accept: impl FnMut(usize) -> bool) -> Option<usize> {
-        self.rules.iter().enumerate().position(|(i, r)| r.priority >= from && r.matches(key) && accept(i))
+    /// The priority of the first rule with priority `>= from` that matches and is accepted.
+    pub fn lookup(&self, key: &[K; FIELDS], from: u32, mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.rules.iter().find(|r| r.priority >= from && r.matches(key) && accept(r.priority)).map(|r| r.priority)
     }
 
     /// The rules, sorted by priority.

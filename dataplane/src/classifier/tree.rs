@@ -12,9 +12,16 @@
 //! fields. A lookup visits the trees in order of their best priority and stops early when no
 //! remaining tree can hold a better match.
 //!
+//! Updates do not rebuild: a classifier is an immutable base (the trees) plus a small overlay of
+//! added rules and removed priorities, both behind `Arc`s. Changing one rule copies only the
+//! overlay, so it costs microseconds and the old classifier stays valid for readers still using
+//! it; once the overlay holds more than [`OVERLAY_LIMIT`] changes the next update rebuilds.
+//!
 //! Every lookup takes a lower bound on the priority (`from`), which is how the caller continues
 //! after a Pass rule. Rules carry extra checks the tree cannot see (IP-set membership, named
 //! ports): a leaf calls `accept` on each candidate that matches every interval field.
+
+use std::sync::Arc;
 
 /// Number of fields: source address, destination address, protocol, source port, destination port.
 pub const FIELDS: usize = 5;
@@ -127,15 +134,35 @@ const MAX_DEPTH: usize = 48;
 /// An address interval at most this many bits wide counts as "small" for partitioning.
 const SMALL_BITS_V4: u32 = 16;
 
-/// A first-match classifier over a fixed rule set.
-#[derive(Clone, Debug)]
-pub struct TreeClassifier<K> {
+/// Changes kept beside the trees before an update rebuilds them.
+pub const OVERLAY_LIMIT: usize = 64;
+
+/// The immutable part: rules and trees.
+#[derive(Debug)]
+struct Base<K> {
     rules: Vec<TreeRule<K>>,
     trees: Vec<Tree<K>>,
 }
 
+/// Changes since the base was built.
+#[derive(Debug)]
+struct Overlay<K> {
+    /// Added rules, by priority.
+    added: Vec<TreeRule<K>>,
+    /// Priorities of base rules that no longer count, sorted.
+    removed: Vec<u32>,
+}
+
+/// A first-match classifier (priorities are unique; lower wins).
+#[derive(Clone, Debug)]
+pub struct TreeClassifier<K> {
+    base: Arc<Base<K>>,
+    overlay: Arc<Overlay<K>>,
+}
+
 impl<K: Key> TreeClassifier<K> {
-    /// Builds the classifier. Rules need not be sorted; every field must be non-empty.
+    /// Builds the classifier. Rules need not be sorted; a rule with an empty field never matches
+    /// and is dropped.
     pub fn build(mut rules: Vec<TreeRule<K>>) -> Self {
         rules.retain(|r| r.fields.iter().all(|f| !f.is_empty()));
         rules.sort_by_key(|r| r.priority);
@@ -167,21 +194,92 @@ impl<K: Key> TreeClassifier<K> {
             })
             .collect();
         trees.sort_by_key(|t| t.best);
-        TreeClassifier { rules, trees }
+        TreeClassifier { base: Arc::new(Base { rules, trees }), overlay: Arc::new(Overlay { added: Vec::new(), removed: Vec::new() }) }
     }
 
-    /// The rules, sorted by priority (indices in lookups refer to this order).
-    pub fn rules(&self) -> &[TreeRule<K>] {
-        &self.rules
+    /// All rules in force, by priority.
+    pub fn rules(&self) -> Vec<TreeRule<K>> {
+        let mut out: Vec<TreeRule<K>> =
+            self.base.rules.iter().filter(|r| self.overlay.removed.binary_search(&r.priority).is_err()).cloned().collect();
+        out.extend(self.overlay.added.iter().cloned());
+        out.sort_by_key(|r| r.priority);
+        out
     }
 
-    /// The index (into [`rules`](Self::rules)) of the first rule with priority `>= from` that
-    /// matches `key` and that `accept` accepts.
+    /// A classifier with `rule` added, replacing any rule of the same priority.
+    pub fn insert(&self, rule: TreeRule<K>) -> Self {
+        let next = self.without(rule.priority);
+        let mut ov = Overlay { added: next.overlay.added.clone(), removed: next.overlay.removed.clone() };
+        let at = ov.added.partition_point(|r| r.priority < rule.priority);
+        ov.added.insert(at, rule);
+        TreeClassifier { base: next.base, overlay: Arc::new(ov) }.settle()
+    }
+
+    /// A classifier without the rule of this priority (if there is one).
+    pub fn remove(&self, priority: u32) -> Self {
+        self.without(priority).settle()
+    }
+
+    fn without(&self, priority: u32) -> Self {
+        let mut ov = Overlay { added: self.overlay.added.clone(), removed: self.overlay.removed.clone() };
+        ov.added.retain(|r| r.priority != priority);
+        if self.base.rules.binary_search_by_key(&priority, |r| r.priority).is_ok() {
+            if let Err(at) = ov.removed.binary_search(&priority) {
+                ov.removed.insert(at, priority);
+            }
+        }
+        TreeClassifier { base: self.base.clone(), overlay: Arc::new(ov) }
+    }
+
+    /// Rebuilds once the overlay is too large to scan cheaply.
+    fn settle(self) -> Self {
+        if self.overlay.added.len() + self.overlay.removed.len() > OVERLAY_LIMIT {
+            TreeClassifier::build(self.rules())
+        } else {
+            self
+        }
+    }
+
+    /// The priority of the first rule with priority `>= from` that matches `key` and that
+    /// `accept` (given the priority) accepts.
     #[inline]
-    pub fn lookup(&self, key: &[K; FIELDS], from: u32, mut accept: impl FnMut(usize) -> bool) -> Option<usize> {
-        let mut best: Option<(u32, usize)> = None;
+    pub fn lookup(&self, key: &[K; FIELDS], from: u32, mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
+        let removed = &self.overlay.removed;
+        let mut best = if removed.is_empty() {
+            self.base.lookup(key, from, &mut accept)
+        } else {
+            self.base.lookup(key, from, |p| removed.binary_search(&p).is_err() && accept(p))
+        };
+        for r in &self.overlay.added {
+            if best.is_some_and(|b| b <= r.priority) {
+                break;
+            }
+            if r.priority >= from && r.matches(key) && accept(r.priority) {
+                best = Some(r.priority);
+                break;
+            }
+        }
+        best
+    }
+
+    /// Approximate heap memory in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        let rule_bytes = |r: &TreeRule<K>| {
+            std::mem::size_of::<TreeRule<K>>() + r.fields.iter().map(|f| f.len() * std::mem::size_of::<(K, K)>()).sum::<usize>()
+        };
+        let rules: usize = self.base.rules.iter().chain(&self.overlay.added).map(rule_bytes).sum();
+        let trees: usize =
+            self.base.trees.iter().map(|t| t.nodes.len() * std::mem::size_of::<Node<K>>() + t.leaf_rules.len() * 4).sum();
+        rules + trees
+    }
+}
+
+impl<K: Key> Base<K> {
+    #[inline]
+    fn lookup(&self, key: &[K; FIELDS], from: u32, mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mut best: Option<u32> = None;
         for t in &self.trees {
-            if best.is_some_and(|(p, _)| p <= t.best) {
+            if best.is_some_and(|p| p <= t.best) {
                 break;
             }
             let mut n = 0usize;
@@ -193,11 +291,11 @@ impl<K: Key> TreeClassifier<K> {
                     Node::Leaf { start, len } => {
                         for &ri in &t.leaf_rules[start as usize..(start + len) as usize] {
                             let r = &self.rules[ri as usize];
-                            if best.is_some_and(|(p, _)| p <= r.priority) {
+                            if best.is_some_and(|p| p <= r.priority) {
                                 break;
                             }
-                            if r.priority >= from && r.matches(key) && accept(ri as usize) {
-                                best = Some((r.priority, ri as usize));
+                            if r.priority >= from && r.matches(key) && accept(r.priority) {
+                                best = Some(r.priority);
                                 break;
                             }
                         }
@@ -206,18 +304,7 @@ impl<K: Key> TreeClassifier<K> {
                 }
             }
         }
-        best.map(|(_, i)| i)
-    }
-
-    /// Approximate heap memory in bytes.
-    pub fn memory_bytes(&self) -> usize {
-        let rules: usize = self
-            .rules
-            .iter()
-            .map(|r| std::mem::size_of::<TreeRule<K>>() + r.fields.iter().map(|f| f.len() * std::mem::size_of::<(K, K)>()).sum::<usize>())
-            .sum();
-        let trees: usize = self.trees.iter().map(|t| t.nodes.len() * std::mem::size_of::<Node<K>>() + t.leaf_rules.len() * 4).sum();
-        rules + trees
+        best
     }
 }
 
@@ -303,3 +390,6 @@ fn choose_split<K: Key>(rules: &[TreeRule<K>], cands: &[u32], region: &[(K, K); 
     }
     best.map(|(_, _, f, at)| (f, at))
 }
+
+#[cfg(test)]
+mod tests;

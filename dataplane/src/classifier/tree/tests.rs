@@ -1,0 +1,92 @@
+use super::*;
+use crate::classifier::linear::LinearClassifier;
+use proptest::prelude::*;
+
+/// Small field domains so that random keys hit rules often.
+const DOMAIN: u32 = 64;
+
+fn intervals() -> impl Strategy<Value = Intervals<u32>> {
+    prop_oneof![
+        Just(vec![(0, u32::MAX)]),
+        (0..DOMAIN, 0..8u32).prop_map(|(lo, w)| vec![(lo, lo + w)]),
+        (0..DOMAIN / 2, 0..4u32, 1..8u32).prop_map(|(lo, w, gap)| vec![(lo, lo + w), (lo + w + gap + 1, lo + w + gap + 3)]),
+    ]
+}
+
+fn rule() -> impl Strategy<Value = TreeRule<u32>> {
+    (0..500u32, [intervals(), intervals(), intervals(), intervals(), intervals()])
+        .prop_map(|(priority, fields)| TreeRule { priority, fields })
+}
+
+fn rules() -> impl Strategy<Value = Vec<TreeRule<u32>>> {
+    prop::collection::vec(rule(), 0..120).prop_map(|mut v| {
+        v.sort_by_key(|r| r.priority);
+        v.dedup_by_key(|r| r.priority);
+        v
+    })
+}
+
+#[derive(Clone, Debug)]
+enum Update {
+    Insert(TreeRule<u32>),
+    Remove(u32),
+}
+
+fn update() -> impl Strategy<Value = Update> {
+    prop_oneof![rule().prop_map(Update::Insert), (0..500u32).prop_map(Update::Remove)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(600))]
+
+    /// After any sequence of updates, the tree finds exactly what a linear scan of the same
+    /// rules finds, for any key, lower bound and accept filter.
+    #[test]
+    fn tree_equals_linear_scan(
+        initial in rules(),
+        updates in prop::collection::vec(update(), 0..100),
+        keys in prop::collection::vec([0..DOMAIN + 4, 0..DOMAIN + 4, 0..DOMAIN + 4, 0..DOMAIN + 4, 0..DOMAIN + 4], 40),
+        froms in prop::collection::vec(0..520u32, 40),
+        reject in 0..7u32,
+    ) {
+        let mut tree = TreeClassifier::build(initial.clone());
+        let mut reference: std::collections::BTreeMap<u32, TreeRule<u32>> = initial.into_iter().map(|r| (r.priority, r)).collect();
+        for u in updates {
+            match u {
+                Update::Insert(r) => {
+                    reference.insert(r.priority, r.clone());
+                    tree = tree.insert(r);
+                }
+                Update::Remove(p) => {
+                    reference.remove(&p);
+                    tree = tree.remove(p);
+                }
+            }
+        }
+        let linear = LinearClassifier::build(reference.into_values().collect());
+        prop_assert_eq!(tree.rules(), linear.rules().to_vec());
+        // Rejecting every priority divisible by `reject` stands in for IP-set checks.
+        let accept = |p: u32| reject == 0 || p % (reject + 1) != 0;
+        for (key, from) in keys.iter().zip(froms) {
+            prop_assert_eq!(tree.lookup(key, from, accept), linear.lookup(key, from, accept), "key {:?} from {}", key, from);
+        }
+    }
+}
+
+#[test]
+fn empty_field_rules_never_match() {
+    let t = TreeClassifier::<u32>::build(vec![TreeRule { priority: 1, fields: [vec![], vec![(0, 9)], vec![(0, 9)], vec![(0, 9)], vec![(0, 9)]] }]);
+    assert_eq!(t.lookup(&[0; FIELDS], 0, |_| true), None);
+    assert!(t.rules().is_empty());
+}
+
+#[test]
+fn large_overlays_are_rebuilt_into_the_trees() {
+    let mut t = TreeClassifier::build(Vec::new());
+    for p in 0..(OVERLAY_LIMIT as u32 + 5) {
+        t = t.insert(TreeRule { priority: p, fields: [vec![(p, p)], vec![(0, u32::MAX)], vec![(6, 6)], vec![(0, 65535)], vec![(80, 80)]] });
+    }
+    assert!(t.overlay.added.len() < OVERLAY_LIMIT, "overlay was never folded into the base");
+    assert_eq!(t.lookup(&[7, 1, 6, 1234, 80], 0, |_| true), Some(7));
+    assert_eq!(t.lookup(&[7, 1, 17, 1234, 80], 0, |_| true), None);
+}
