@@ -110,7 +110,9 @@ fn open_lines(path: Option<&PathBuf>) -> Result<Box<dyn BufRead>, String> {
     match path {
         None => Ok(Box::new(std::io::stdin().lock())),
         Some(p) if p.as_os_str() == "-" => Ok(Box::new(std::io::stdin().lock())),
-        Some(p) => std::fs::File::open(p).map(|f| Box::new(std::io::BufReader::new(f)) as Box<dyn BufRead>).map_err(|e| format!("{}: {e}", p.display())),
+        Some(p) => {
+            std::fs::File::open(p).map(|f| Box::new(std::io::BufReader::new(f)) as Box<dyn BufRead>).map_err(|e| format!("{}: {e}", p.display()))
+        }
     }
 }
 
@@ -174,9 +176,12 @@ fn eval(state: &[PathBuf], flows: &PathBuf, output: Output, check: bool) -> Resu
             }
             Output::Table => {
                 let decided = [&v.egress, &v.ingress].into_iter().flatten().find(|d| !d.allowed).or(v.ingress.as_ref()).or(v.egress.as_ref());
-                let why = decided.map(|d| format!("{} {}: {}", d.direction, d.endpoint, describe(&d.decided_by))).unwrap_or("no endpoint (not policed)".into());
+                let why = decided
+                    .map(|d| format!("{} {}: {}", d.direction, d.endpoint, describe(&d.decided_by)))
+                    .unwrap_or("no endpoint (not policed)".into());
                 let mark = if mismatch { " MISMATCH" } else { "" };
-                writeln!(out, "{:<40} {:<7} {:<8} {why}{mark}", flow_label(&flow), verdict_word(v.allowed), spec.expect.as_deref().unwrap_or("-")).ok();
+                writeln!(out, "{:<40} {:<7} {:<8} {why}{mark}", flow_label(&flow), verdict_word(v.allowed), spec.expect.as_deref().unwrap_or("-"))
+                    .ok();
             }
         }
     }

@@ -67,9 +67,10 @@ impl SideChecks {
     fn accept(&self, ip: IpAddr, protocol: u8, port: u16) -> bool {
         self.selector.as_ref().is_none_or(|s| s.contains(ip))
             && !self.not_selector.as_ref().is_some_and(|s| s.contains(ip))
-            && self.named.as_ref().is_none_or(|(ranges, sets)| {
-                ranges.iter().any(|r| r.contains(port)) || sets.iter().any(|s| s.contains(ip, protocol, port))
-            })
+            && self
+                .named
+                .as_ref()
+                .is_none_or(|(ranges, sets)| ranges.iter().any(|r| r.contains(port)) || sets.iter().any(|s| s.contains(ip, protocol, port)))
             && !self.not_named.iter().any(|s| s.contains(ip, protocol, port))
     }
 }
@@ -369,7 +370,8 @@ impl<'a> Chain<'a> {
             for view in cluster.tiers_for(ep, dir, stage) {
                 let tier = view.tier.name.clone();
                 let parts = view.policies.iter().map(|p| (p.name.clone(), Some(tier.clone()), p.rules(dir), p.is_staged())).collect();
-                let default_deny = (stage == Stage::Normal && view.has_enforced() && view.tier.default_action == TierDefault::Deny).then(|| tier.clone());
+                let default_deny =
+                    (stage == Stage::Normal && view.has_enforced() && view.tier.default_action == TierDefault::Deny).then(|| tier.clone());
                 segments.push(Segment { parts, default_deny });
             }
         }
@@ -452,8 +454,12 @@ fn subtract<K: Key>(a: &[(K, K)], b: &[(K, K)]) -> Intervals<K> {
     out
 }
 
-/// The address field of an entity for one version: `None` when the rule cannot match it.
+/// The address field of an entity for one version: `None` when the rule cannot match it (as in
+/// Felix, nets or notNets that are all of the other version drop the rule for this version).
 fn addr_field<K: VersionKey>(m: &EntityMatch) -> Option<Intervals<K>> {
+    if (!m.nets.is_empty() && K::ranges(&m.nets).is_empty()) || (!m.not_nets.is_empty() && K::ranges(&m.not_nets).is_empty()) {
+        return None;
+    }
     let pos = if m.nets.is_empty() { vec![(K::MIN, K::MAX)] } else { normalize(K::ranges(&m.nets)) };
     let f = subtract(&pos, &normalize(K::ranges(&m.not_nets)));
     (!f.is_empty()).then_some(f)

@@ -136,7 +136,7 @@ fn calico_policy() -> impl Strategy<Value = Value> {
         prop::collection::vec(rule(), 0..4),
     )
         .prop_map(|(kind, tier, order, sel, types, ingress, egress)| {
-            let namespaced = kind.contains("Global").then_some(None).unwrap_or(Some("ns1"));
+            let namespaced = if kind.contains("Global") { None } else { Some("ns1") };
             let mut spec = json!({"tier": tier, "selector": sel, "ingress": ingress, "egress": egress});
             let o = spec.as_object_mut().unwrap();
             if let Some(x) = order {
@@ -152,6 +152,9 @@ fn calico_policy() -> impl Strategy<Value = Value> {
             json!({"apiVersion": "projectcalico.org/v3", "kind": kind, "metadata": meta, "spec": spec})
         })
 }
+
+/// A generated Kubernetes rule: peers and ports, each possibly absent.
+type K8sRule = (Option<Vec<Value>>, Option<Vec<Value>>);
 
 fn k8s_policy() -> impl Strategy<Value = Value> {
     let peer = prop_oneof![
@@ -174,7 +177,7 @@ fn k8s_policy() -> impl Strategy<Value = Value> {
         prop_oneof![Just(json!({})), Just(json!({"matchLabels": {"app": "db"}}))],
     )
         .prop_map(|(ingress, egress, types, pod_sel)| {
-            let conv = |rules: Vec<(Option<Vec<Value>>, Option<Vec<Value>>)>, key: &str| -> Value {
+            let conv = |rules: Vec<K8sRule>, key: &str| -> Value {
                 rules
                     .into_iter()
                     .map(|(peers, ports)| {
@@ -218,7 +221,13 @@ fn base_resources(t1_pass: bool, t2_order: Option<f64>) -> Vec<Value> {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns1", "labels": {"team": "a"}}}),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns2", "labels": {"team": "b"}}}),
         pod("web1", "ns1", Some("web"), &["10.0.1.1", "fd00::1"], json!([{"name": "http", "containerPort": 80}])),
-        pod("db1", "ns1", Some("db"), &["10.0.1.2"], json!([{"name": "http", "containerPort": 8080}, {"name": "dns", "containerPort": 53, "protocol": "UDP"}])),
+        pod(
+            "db1",
+            "ns1",
+            Some("db"),
+            &["10.0.1.2"],
+            json!([{"name": "http", "containerPort": 8080}, {"name": "dns", "containerPort": 53, "protocol": "UDP"}]),
+        ),
         pod("api2", "ns2", Some("api"), &["10.0.2.3", "fd00::3"], json!([{"name": "dns", "containerPort": 53, "protocol": "UDP"}])),
         pod("bare2", "ns2", None, &["10.0.2.4"], json!([])),
         json!({"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint", "metadata": {"name": "host-eth0", "labels": {"role": "host"}},
@@ -231,15 +240,19 @@ fn base_resources(t1_pass: bool, t2_order: Option<f64>) -> Vec<Value> {
 }
 
 const TYPES: &[&[&str]] = &[&["Ingress"], &["Egress"], &["Ingress", "Egress"]];
-const V4_ADDRS: &[&str] = &["10.0.1.1", "10.0.1.2", "10.0.2.3", "10.0.2.4", "192.0.2.10", "198.51.100.7", "198.51.100.200", "203.0.113.5", "192.0.2.99"];
+const V4_ADDRS: &[&str] =
+    &["10.0.1.1", "10.0.1.2", "10.0.2.3", "10.0.2.4", "192.0.2.10", "198.51.100.7", "198.51.100.200", "203.0.113.5", "192.0.2.99"];
 const V6_ADDRS: &[&str] = &["fd00::1", "fd00::3", "fd00::99", "2001:db8::5", "2001:db9::1"];
 
 fn flow() -> impl Strategy<Value = Flow> {
-    let addrs = prop_oneof![
-        (pick(V4_ADDRS), pick(V4_ADDRS)),
-        (pick(V6_ADDRS), pick(V6_ADDRS)),
-    ];
-    (addrs, pick(&[proto::TCP, proto::UDP, proto::SCTP, proto::ICMP, proto::ICMPV6, 47u8]), pick(&[53u16, 80, 1500, 8080, 40000]), pick(&[53u16, 80, 1500, 8080, 40000]), pick(&[(0u8, 0u8), (3, 1), (8, 0), (8, 1)]))
+    let addrs = prop_oneof![(pick(V4_ADDRS), pick(V4_ADDRS)), (pick(V6_ADDRS), pick(V6_ADDRS)),];
+    (
+        addrs,
+        pick(&[proto::TCP, proto::UDP, proto::SCTP, proto::ICMP, proto::ICMPV6, 47u8]),
+        pick(&[53u16, 80, 1500, 8080, 40000]),
+        pick(&[53u16, 80, 1500, 8080, 40000]),
+        pick(&[(0u8, 0u8), (3, 1), (8, 0), (8, 1)]),
+    )
         .prop_map(|((s, d), protocol, sp, dp, (t, c))| {
             let icmp = matches!(protocol, proto::ICMP | proto::ICMPV6);
             let ported = proto::has_ports(protocol);
@@ -256,12 +269,7 @@ fn flow() -> impl Strategy<Value = Flow> {
 }
 
 fn cluster_docs() -> impl Strategy<Value = Vec<Value>> {
-    (
-        any::<bool>(),
-        opt(pick(&[50.0f64, 2_000_000.0])),
-        prop::collection::vec(calico_policy(), 1..6),
-        prop::collection::vec(k8s_policy(), 0..2),
-    )
+    (any::<bool>(), opt(pick(&[50.0f64, 2_000_000.0])), prop::collection::vec(calico_policy(), 1..6), prop::collection::vec(k8s_policy(), 0..2))
         .prop_map(|(t1_pass, t2_order, calico, k8s)| {
             let mut docs = base_resources(t1_pass, t2_order);
             for (i, mut p) in calico.into_iter().enumerate() {

@@ -36,9 +36,19 @@ struct Builder {
     policies: Vec<Policy>,
     /// Endpoints before profile labels are inherited.
     endpoints: Vec<Endpoint>,
+    /// Where each endpoint (same index) was defined, for errors about its addresses.
+    endpoint_origins: Vec<EndpointOrigin>,
     network_sets: Vec<NetworkSet>,
     /// Tier referenced by each policy, for the existence check at the end.
     tier_refs: Vec<(String, String, Option<std::path::PathBuf>)>,
+}
+
+/// The resource an endpoint came from and the field of each of its addresses.
+struct EndpointOrigin {
+    id: String,
+    file: Option<std::path::PathBuf>,
+    /// Field path of each entry of the endpoint's `ips`.
+    ip_fields: Vec<String>,
 }
 
 /// Errors for one resource: knows the resource's identity and file.
@@ -178,9 +188,7 @@ fn ns_label_selector(ns: &str) -> Selector {
 fn scope_entity(e: V3Entity, policy_ns: Option<&str>) -> EntityMatch {
     let has_ns = Selector::Has(LABEL_NAMESPACE.into());
     let ns_sel = match (&e.namespace_selector, policy_ns) {
-        (Some(nsel), _) => {
-            Some(nsel.with_key_prefix(NAMESPACE_LABEL_PREFIX).replace_all_global(&has_ns, &Selector::Not(Box::new(has_ns.clone()))))
-        }
+        (Some(nsel), _) => Some(nsel.with_key_prefix(NAMESPACE_LABEL_PREFIX).replace_all_global(&has_ns, &Selector::Not(Box::new(has_ns.clone())))),
         (None, Some(ns)) => Some(ns_label_selector(ns)),
         (None, None) => None,
     };
@@ -315,9 +323,8 @@ fn calico_rule(c: &mut Ctx, field: &str, r: &CalicoRule) -> Option<V3Rule> {
             None
         }
     };
-    let mut protocol_of = |name: &str, v: &Option<NumOrString>| {
-        v.as_ref().and_then(|p| protocol_number(p).map_err(|m| c.err(&format!("{field}.{name}"), m)).ok())
-    };
+    let mut protocol_of =
+        |name: &str, v: &Option<NumOrString>| v.as_ref().and_then(|p| protocol_number(p).map_err(|m| c.err(&format!("{field}.{name}"), m)).ok());
     let protocol = protocol_of("protocol", &r.protocol);
     let not_protocol = protocol_of("notProtocol", &r.not_protocol);
     let icmp = icmp_match(c, &format!("{field}.icmp"), &r.icmp);
@@ -463,9 +470,8 @@ fn valid_label_key(k: &str) -> bool {
         None => (None, k),
     };
     let name_ok = !name.is_empty() && name.len() <= 63 && valid_label_value(name);
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty() && p.len() <= 253 && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    });
+    let prefix_ok = prefix
+        .is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
     name_ok && prefix_ok
 }
 
@@ -552,10 +558,14 @@ fn k8s_rules(c: &mut Ctx, field: &str, peers: &Option<Vec<K8sPeer>>, ports: &Opt
             };
             let mut other = V3Entity::default();
             let port_side = if ingress { &mut other } else { &mut entity };
-            port_side.ports = ports.iter().flatten().map(|s| match s {
-                PortSpec::Range(r) => PortSpec::Range(*r),
-                PortSpec::Named(n) => PortSpec::Named(n.clone()),
-            }).collect();
+            port_side.ports = ports
+                .iter()
+                .flatten()
+                .map(|s| match s {
+                    PortSpec::Range(r) => PortSpec::Range(*r),
+                    PortSpec::Named(n) => PortSpec::Named(n.clone()),
+                })
+                .collect();
             let (src, dst) = if ingress { (entity, other) } else { (other, entity) };
             out.push(V3Rule { action: Action::Allow, ip_version: None, protocol: proto, not_protocol: None, icmp: None, not_icmp: None, src, dst });
         }
@@ -626,7 +636,7 @@ impl Builder {
             match &l.resource {
                 Resource::Namespace(m) => {
                     let mut labels = m.labels.clone();
-                    labels.entry("kubernetes.io/metadata.name".into()).or_insert_with(|| m.name.clone());
+                    labels.insert("kubernetes.io/metadata.name".into(), m.name.clone()); // the API server always sets it
                     self.namespaces.insert(m.name.clone(), labels);
                 }
                 r => {
@@ -668,15 +678,19 @@ impl Builder {
         let sa = spec.service_account_name.clone().or_else(|| spec.service_account.clone()).unwrap_or_else(|| "default".into());
         let mut c = self.ctx(r);
         let mut ips = Vec::new();
+        let mut ip_fields = Vec::new();
         let mut seen = BTreeSet::new();
-        let listed = status.pod_ip.iter().map(|ip| ("status.podIP".to_string(), ip)).chain(
-            status.pod_ips.iter().enumerate().map(|(i, p)| (format!("status.podIPs[{i}].ip"), &p.ip)),
-        );
+        let listed = status
+            .pod_ip
+            .iter()
+            .map(|ip| ("status.podIP".to_string(), ip))
+            .chain(status.pod_ips.iter().enumerate().map(|(i, p)| (format!("status.podIPs[{i}].ip"), &p.ip)));
         for (field, ip) in listed {
             match ip.parse::<IpAddr>() {
                 Ok(a) => {
                     if seen.insert(a) {
                         ips.push(IpNet::from(a));
+                        ip_fields.push(field);
                     }
                 }
                 Err(_) => c.err(&field, format!("{ip:?} is not an IP address")),
@@ -700,25 +714,32 @@ impl Builder {
         labels.insert(LABEL_ORCHESTRATOR.into(), "k8s".into());
         labels.insert(LABEL_SERVICE_ACCOUNT.into(), sa.clone());
         self.service_accounts.entry((ns.clone(), sa.clone())).or_default();
-        self.endpoints.push(Endpoint {
-            name: format!("{ns}/{}", m.name),
-            kind: EndpointKind::Workload,
-            node: spec.node_name.clone(),
-            interface: None,
-            ips,
-            labels,
-            profiles: vec![format!("kns.{ns}"), format!("ksa.{ns}.{sa}")],
-            ports,
-        });
+        self.push_endpoint(
+            r,
+            ip_fields,
+            Endpoint {
+                name: format!("{ns}/{}", m.name),
+                kind: EndpointKind::Workload,
+                node: spec.node_name.clone(),
+                interface: None,
+                ips,
+                labels,
+                profiles: vec![format!("kns.{ns}"), format!("ksa.{ns}.{sa}")],
+                ports,
+            },
+        );
     }
 
     fn workload_endpoint(&mut self, r: &Resource, m: &Metadata, spec: &WorkloadEndpointSpec) {
         let ns = namespace_of(r).unwrap_or_default();
         let mut c = self.ctx(r);
         let mut ips = Vec::new();
+        let mut ip_fields = Vec::new();
         for (i, s) in spec.ip_networks.iter().enumerate() {
-            if let Some(n) = c.net(&format!("spec.ipNetworks[{i}]"), s) {
+            let field = format!("spec.ipNetworks[{i}]");
+            if let Some(n) = c.net(&field, s) {
                 ips.push(n);
+                ip_fields.push(field);
             }
         }
         let ports = endpoint_ports(&mut c, &spec.ports);
@@ -730,16 +751,20 @@ impl Builder {
         if let Some(sa) = &spec.service_account_name {
             labels.insert(LABEL_SERVICE_ACCOUNT.into(), sa.clone());
         }
-        self.endpoints.push(Endpoint {
-            name: format!("{ns}/{}", m.name),
-            kind: EndpointKind::Workload,
-            node: spec.node.clone(),
-            interface: spec.interface_name.clone(),
-            ips,
-            labels,
-            profiles: spec.profiles.clone(),
-            ports,
-        });
+        self.push_endpoint(
+            r,
+            ip_fields,
+            Endpoint {
+                name: format!("{ns}/{}", m.name),
+                kind: EndpointKind::Workload,
+                node: spec.node.clone(),
+                interface: spec.interface_name.clone(),
+                ips,
+                labels,
+                profiles: spec.profiles.clone(),
+                ports,
+            },
+        );
     }
 
     fn host_endpoint(&mut self, r: &Resource, m: &Metadata, spec: &HostEndpointSpec) {
@@ -748,23 +773,38 @@ impl Builder {
             c.err("spec.interfaceName", "a HostEndpoint needs interfaceName or expectedIPs");
         }
         let mut ips = Vec::new();
+        let mut ip_fields = Vec::new();
         for (i, s) in spec.expected_ips.iter().enumerate() {
+            let field = format!("spec.expectedIPs[{i}]");
             match s.parse::<IpAddr>() {
-                Ok(a) => ips.push(IpNet::from(a)),
-                Err(_) => c.err(&format!("spec.expectedIPs[{i}]"), format!("{s:?} is not an IP address")),
+                Ok(a) => {
+                    ips.push(IpNet::from(a));
+                    ip_fields.push(field);
+                }
+                Err(_) => c.err(&field, format!("{s:?} is not an IP address")),
             }
         }
         let ports = endpoint_ports(&mut c, &spec.ports);
-        self.endpoints.push(Endpoint {
-            name: m.name.clone(),
-            kind: EndpointKind::Host,
-            node: spec.node.clone(),
-            interface: spec.interface_name.clone(),
-            ips,
-            labels: m.labels.clone(),
-            profiles: spec.profiles.clone(),
-            ports,
-        });
+        self.push_endpoint(
+            r,
+            ip_fields,
+            Endpoint {
+                name: m.name.clone(),
+                kind: EndpointKind::Host,
+                node: spec.node.clone(),
+                interface: spec.interface_name.clone(),
+                ips,
+                labels: m.labels.clone(),
+                profiles: spec.profiles.clone(),
+                ports,
+            },
+        );
+    }
+
+    /// Adds an endpoint defined by `r`; `ip_fields` names the field of each of its addresses.
+    fn push_endpoint(&mut self, r: &Resource, ip_fields: Vec<String>, ep: Endpoint) {
+        self.endpoint_origins.push(EndpointOrigin { id: r.display_id(), file: self.current_file.clone(), ip_fields });
+        self.endpoints.push(ep);
     }
 
     fn network_set(&mut self, r: &Resource, m: &Metadata, spec: &NetworkSetSpec) {
@@ -843,7 +883,8 @@ impl Builder {
         }
         let ingress = rules(&mut c, "spec.ingress", &spec.ingress);
         let egress = rules(&mut c, "spec.egress", &spec.egress);
-        let (applies_ingress, applies_egress) = types(&mut c, &spec.types, spec.ingress.as_ref().map_or(0, Vec::len), spec.egress.as_ref().map_or(0, Vec::len));
+        let (applies_ingress, applies_egress) =
+            types(&mut c, &spec.types, spec.ingress.as_ref().map_or(0, Vec::len), spec.egress.as_ref().map_or(0, Vec::len));
         if spec.pre_dnat {
             if spec.do_not_track {
                 c.err("spec.preDNAT", "preDNAT and doNotTrack cannot both be set");
@@ -870,10 +911,12 @@ impl Builder {
             }
             None => {
                 let mut sel = user_sel;
-                let append = |cur: Option<Selector>, s: Selector| Some(match cur {
-                    Some(c) => Selector::And(vec![c, s]),
-                    None => s,
-                });
+                let append = |cur: Option<Selector>, s: Selector| {
+                    Some(match cur {
+                        Some(c) => Selector::And(vec![c, s]),
+                        None => s,
+                    })
+                };
                 if let Some(n) = ns_sel {
                     sel = append(sel, n.with_key_prefix(NAMESPACE_LABEL_PREFIX))
                         .map(|s| s.replace_all_global(&Selector::Has(LABEL_NAMESPACE.into()), &Selector::Global));
@@ -993,7 +1036,10 @@ impl Builder {
         };
         for (ns, labels) in &self.namespaces {
             let name = format!("kns.{ns}");
-            profiles.insert(name.clone(), Profile { name, ingress: vec![allow_all()], egress: vec![allow_all()], labels: namespace_profile_labels(ns, labels) });
+            profiles.insert(
+                name.clone(),
+                Profile { name, ingress: vec![allow_all()], egress: vec![allow_all()], labels: namespace_profile_labels(ns, labels) },
+            );
         }
         for ((ns, sa), labels) in &self.service_accounts {
             let name = format!("ksa.{ns}.{sa}");
@@ -1016,15 +1062,13 @@ impl Builder {
         }
         // One address, one endpoint.
         let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
-        for ep in &self.endpoints {
-            for n in &ep.ips {
+        for (ep, origin) in self.endpoints.iter().zip(&self.endpoint_origins) {
+            for (n, field) in ep.ips.iter().zip(&origin.ip_fields) {
                 if n.prefix_len() == n.max_prefix_len() {
-                    if let Some(other) = owner.insert(n.addr(), &ep.name) {
-                        self.errors.push(Error::field(
-                            format!("{:?} endpoint {}", ep.kind, ep.name),
-                            "ips",
-                            format!("address {} is also used by endpoint {other}", n.addr()),
-                        ));
+                    if let Some(other) = owner.insert(n.addr(), &origin.id) {
+                        let mut e = Error::field(origin.id.clone(), field.clone(), format!("address {} is also used by {other}", n.addr()));
+                        e.file = origin.file.clone();
+                        self.errors.push(e);
                     }
                 }
             }
@@ -1035,9 +1079,8 @@ impl Builder {
         let key = |o: Option<f64>| o.unwrap_or(f64::INFINITY);
         self.tiers.sort_by(|a, b| key(a.order).total_cmp(&key(b.order)).then_with(|| a.name.cmp(&b.name)));
         let tier_pos: BTreeMap<String, usize> = self.tiers.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        self.policies.sort_by(|a, b| {
-            tier_pos[&a.tier].cmp(&tier_pos[&b.tier]).then(key(a.order).total_cmp(&key(b.order))).then_with(|| a.name.cmp(&b.name))
-        });
+        self.policies
+            .sort_by(|a, b| tier_pos[&a.tier].cmp(&tier_pos[&b.tier]).then(key(a.order).total_cmp(&key(b.order))).then_with(|| a.name.cmp(&b.name)));
         Ok(Cluster {
             tiers: self.tiers,
             policies: self.policies,

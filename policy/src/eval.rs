@@ -213,11 +213,8 @@ impl<'a> Evaluator<'a> {
     /// The tier's policies as they would be if its staged policies were enforced.
     fn with_staged_enforced<'p>(&self, policies: &[&'p Policy]) -> Vec<&'p Policy> {
         let staged: Vec<&&Policy> = policies.iter().filter(|p| p.is_staged()).collect();
-        let mut out: Vec<&Policy> = policies
-            .iter()
-            .filter(|p| !p.is_staged() && !staged.iter().any(|s| s.enforced_name() == p.name))
-            .copied()
-            .collect();
+        let mut out: Vec<&Policy> =
+            policies.iter().filter(|p| !p.is_staged() && !staged.iter().any(|s| s.enforced_name() == p.name)).copied().collect();
         out.extend(staged.into_iter().filter(|s| s.staged_action == Some(StagedAction::Set)).copied());
         let key = |o: Option<f64>| o.unwrap_or(f64::INFINITY);
         out.sort_by(|a, b| key(a.order).total_cmp(&key(b.order)).then_with(|| a.enforced_name().cmp(b.enforced_name())));
@@ -270,6 +267,11 @@ impl<'a> Evaluator<'a> {
         if !e.nets.is_empty() && !e.nets.iter().filter(same_version).any(|n| n.contains(&ip)) {
             return false;
         }
+        // As in Felix (`FilterRuleToIPVersion`), notNets all of the other version drop the rule
+        // for this version instead of reading as "not in them", which would widen it.
+        if !e.not_nets.is_empty() && !e.not_nets.iter().any(|n| same_version(&n)) {
+            return false;
+        }
         if e.not_nets.iter().any(|n| n.contains(&ip)) {
             return false;
         }
@@ -280,7 +282,8 @@ impl<'a> Evaluator<'a> {
             return false;
         }
         let named = |name: &String| self.cluster.named_port_has(e.selector.as_ref(), name, ip, flow.protocol, port);
-        if !(e.ports.is_empty() && e.named_ports.is_empty()) && !(e.ports.iter().any(|r| r.contains(port)) || e.named_ports.iter().any(named)) {
+        let ports_given = !e.ports.is_empty() || !e.named_ports.is_empty();
+        if ports_given && !(e.ports.iter().any(|r| r.contains(port)) || e.named_ports.iter().any(named)) {
             return false;
         }
         !(e.not_ports.iter().any(|r| r.contains(port)) || e.not_named_ports.iter().any(named))

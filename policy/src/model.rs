@@ -146,7 +146,8 @@ pub struct EntityMatch {
     /// The address must be in one of these (after filtering to the flow's IP version: a rule
     /// whose nets are all of the other version never matches).
     pub nets: Vec<IpNet>,
-    /// The address must be in none of these.
+    /// The address must be in none of these (a rule whose not-nets are all of the other IP
+    /// version never matches, as in Felix).
     pub not_nets: Vec<IpNet>,
     /// The address must belong to an endpoint or network set matching this (already scoped).
     pub selector: Option<Selector>,

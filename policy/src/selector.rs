@@ -546,10 +546,7 @@ impl fmt::Display for Selector {
                 _ => write!(f, "!{s}"),
             },
             Selector::And(ts) => {
-                let parts: Vec<String> = ts
-                    .iter()
-                    .map(|t| if matches!(t, Selector::Or(_)) { format!("({t})") } else { t.to_string() })
-                    .collect();
+                let parts: Vec<String> = ts.iter().map(|t| if matches!(t, Selector::Or(_)) { format!("({t})") } else { t.to_string() }).collect();
                 write!(f, "{}", parts.join(" && "))
             }
             Selector::Or(ts) => write!(f, "{}", ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" || ")),

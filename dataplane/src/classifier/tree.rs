@@ -111,18 +111,55 @@ pub fn contains<K: Key>(iv: &[(K, K)], k: K) -> bool {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Node<K> {
-    /// Keys with `key[field] <= at` go to `left`, the others to `right`.
-    Split { field: u8, at: K, left: u32, right: u32 },
+enum Node {
+    /// `points[start..start + n]` (ascending) cut `field` into `n + 1` children
+    /// `children[start + i]`: child `i` takes keys above point `i - 1` and up to point `i`.
+    Cut { field: u8, start: u32, n: u8 },
     /// Candidates `leaf_rules[start..start + len]`, in priority order.
     Leaf { start: u32, len: u32 },
+}
+
+/// A rule as stored in a leaf: its per-field hulls inline, so that a leaf scan reads one
+/// contiguous array; rules with several intervals in a field are checked in full after the hulls.
+#[derive(Clone, Copy, Debug)]
+struct LeafEntry<K> {
+    lo: [K; FIELDS],
+    hi: [K; FIELDS],
+    priority: u32,
+    /// Index into the base rules; the top bit is set when the hulls are the whole rule.
+    rule: u32,
+}
+
+const EXACT: u32 = 1 << 31;
+
+impl<K: Key> LeafEntry<K> {
+    fn new(rules: &[TreeRule<K>], i: u32) -> Self {
+        let r = &rules[i as usize];
+        let mut lo = [K::MIN; FIELDS];
+        let mut hi = [K::MIN; FIELDS];
+        for f in 0..FIELDS {
+            (lo[f], hi[f]) = r.hull(f);
+        }
+        let exact = r.fields.iter().all(|iv| iv.len() == 1);
+        LeafEntry { lo, hi, priority: r.priority, rule: i | if exact { EXACT } else { 0 } }
+    }
+
+    #[inline(always)]
+    fn matches(&self, rules: &[TreeRule<K>], key: &[K; FIELDS]) -> bool {
+        (0..FIELDS).all(|f| self.lo[f] <= key[f] && key[f] <= self.hi[f])
+            && (self.rule & EXACT != 0 || rules[(self.rule & !EXACT) as usize].matches(key))
+    }
 }
 
 /// One tree over one partition of the rules.
 #[derive(Clone, Debug)]
 struct Tree<K> {
-    nodes: Vec<Node<K>>,
-    leaf_rules: Vec<u32>,
+    nodes: Vec<Node>,
+    /// Cut points of all nodes; a node's `n` points are followed by one unused slot so that
+    /// `children` can share the indexing.
+    points: Vec<K>,
+    children: Vec<u32>,
+    leaf_rules: Vec<LeafEntry<K>>,
     /// Best (lowest) priority of any rule in the tree.
     best: u32,
 }
@@ -148,7 +185,7 @@ struct Base<K> {
 #[derive(Debug)]
 struct Overlay<K> {
     /// Added rules, by priority.
-    added: Vec<TreeRule<K>>,
+    added: Vec<Arc<TreeRule<K>>>,
     /// Priorities of base rules that no longer count, sorted.
     removed: Vec<u32>,
 }
@@ -187,7 +224,7 @@ impl<K: Key> TreeClassifier<K> {
             .filter(|p| !p.is_empty())
             .map(|p| {
                 let best = rules[p[0] as usize].priority;
-                let mut t = Tree { nodes: Vec::new(), leaf_rules: Vec::new(), best };
+                let mut t = Tree { nodes: Vec::new(), points: Vec::new(), children: Vec::new(), leaf_rules: Vec::new(), best };
                 let region = [(K::MIN, K::MAX); FIELDS];
                 build_node(&rules, &mut t, p, region, 0);
                 t
@@ -201,7 +238,7 @@ impl<K: Key> TreeClassifier<K> {
     pub fn rules(&self) -> Vec<TreeRule<K>> {
         let mut out: Vec<TreeRule<K>> =
             self.base.rules.iter().filter(|r| self.overlay.removed.binary_search(&r.priority).is_err()).cloned().collect();
-        out.extend(self.overlay.added.iter().cloned());
+        out.extend(self.overlay.added.iter().map(|r| (**r).clone()));
         out.sort_by_key(|r| r.priority);
         out
     }
@@ -211,7 +248,7 @@ impl<K: Key> TreeClassifier<K> {
         let next = self.without(rule.priority);
         let mut ov = Overlay { added: next.overlay.added.clone(), removed: next.overlay.removed.clone() };
         let at = ov.added.partition_point(|r| r.priority < rule.priority);
-        ov.added.insert(at, rule);
+        ov.added.insert(at, Arc::new(rule));
         TreeClassifier { base: next.base, overlay: Arc::new(ov) }.settle()
     }
 
@@ -262,15 +299,74 @@ impl<K: Key> TreeClassifier<K> {
         best
     }
 
+    /// Looks up a batch of keys at once, like [`lookup`](Self::lookup) for each (with `accept`
+    /// given the key's index and the priority). The keys walk each tree in lockstep, so their
+    /// memory accesses overlap instead of waiting on each other.
+    pub fn lookup_batch(&self, keys: &[[K; FIELDS]], from: u32, out: &mut [Option<u32>], mut accept: impl FnMut(usize, u32) -> bool) {
+        assert_eq!(keys.len(), out.len());
+        if !self.overlay.added.is_empty() || !self.overlay.removed.is_empty() {
+            for (i, k) in keys.iter().enumerate() {
+                out[i] = self.lookup(k, from, |p| accept(i, p));
+            }
+            return;
+        }
+        out.fill(None);
+        let mut cursor = vec![0u32; keys.len()];
+        for t in &self.base.trees {
+            cursor.fill(0);
+            let mut moving = true;
+            while moving {
+                moving = false;
+                for (c, k) in cursor.iter_mut().zip(keys) {
+                    if let Node::Cut { field, start, n } = t.nodes[*c as usize] {
+                        *c = t.child(k[field as usize], start, n) as u32;
+                        moving = true;
+                    }
+                }
+            }
+            for (i, &c) in cursor.iter().enumerate() {
+                if out[i].is_some_and(|p| p <= t.best) {
+                    continue;
+                }
+                let Node::Leaf { start, len } = t.nodes[c as usize] else { unreachable!("cursor stops at leaves") };
+                for e in &t.leaf_rules[start as usize..(start + len) as usize] {
+                    if out[i].is_some_and(|p| p <= e.priority) {
+                        break;
+                    }
+                    if e.priority >= from && e.matches(&self.base.rules, &keys[i]) && accept(i, e.priority) {
+                        out[i] = Some(e.priority);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Approximate heap memory in bytes.
     pub fn memory_bytes(&self) -> usize {
-        let rule_bytes = |r: &TreeRule<K>| {
-            std::mem::size_of::<TreeRule<K>>() + r.fields.iter().map(|f| f.len() * std::mem::size_of::<(K, K)>()).sum::<usize>()
-        };
-        let rules: usize = self.base.rules.iter().chain(&self.overlay.added).map(rule_bytes).sum();
-        let trees: usize =
-            self.base.trees.iter().map(|t| t.nodes.len() * std::mem::size_of::<Node<K>>() + t.leaf_rules.len() * 4).sum();
+        let rule_bytes =
+            |r: &TreeRule<K>| std::mem::size_of::<TreeRule<K>>() + r.fields.iter().map(|f| f.len() * std::mem::size_of::<(K, K)>()).sum::<usize>();
+        let rules: usize = self.base.rules.iter().chain(self.overlay.added.iter().map(|r| &**r)).map(rule_bytes).sum();
+        let trees: usize = self
+            .base
+            .trees
+            .iter()
+            .map(|t| {
+                t.nodes.len() * std::mem::size_of::<Node>()
+                    + t.points.len() * (std::mem::size_of::<K>() + 4)
+                    + t.leaf_rules.len() * std::mem::size_of::<LeafEntry<K>>()
+            })
+            .sum();
         rules + trees
+    }
+}
+
+impl<K: Key> Tree<K> {
+    /// The child of a cut node that takes value `v`.
+    #[inline(always)]
+    fn child(&self, v: K, start: u32, n: u8) -> usize {
+        let pts = &self.points[start as usize..start as usize + n as usize];
+        self.children[start as usize + pts.partition_point(|&p| p < v)] as usize
     }
 }
 
@@ -285,17 +381,14 @@ impl<K: Key> Base<K> {
             let mut n = 0usize;
             loop {
                 match t.nodes[n] {
-                    Node::Split { field, at, left, right } => {
-                        n = if key[field as usize] <= at { left } else { right } as usize;
-                    }
+                    Node::Cut { field, start, n: cuts } => n = t.child(key[field as usize], start, cuts),
                     Node::Leaf { start, len } => {
-                        for &ri in &t.leaf_rules[start as usize..(start + len) as usize] {
-                            let r = &self.rules[ri as usize];
-                            if best.is_some_and(|p| p <= r.priority) {
+                        for e in &t.leaf_rules[start as usize..(start + len) as usize] {
+                            if best.is_some_and(|p| p <= e.priority) {
                                 break;
                             }
-                            if r.priority >= from && r.matches(key) && accept(r.priority) {
-                                best = Some(r.priority);
+                            if e.priority >= from && e.matches(&self.rules, key) && accept(e.priority) {
+                                best = Some(e.priority);
                                 break;
                             }
                         }
@@ -313,83 +406,133 @@ impl<K: Key> Base<K> {
 fn build_node<K: Key>(rules: &[TreeRule<K>], t: &mut Tree<K>, cands: Vec<u32>, region: [(K, K); FIELDS], depth: usize) -> u32 {
     let me = t.nodes.len() as u32;
     t.nodes.push(Node::Leaf { start: 0, len: 0 });
-    let split = if cands.len() > LEAF_SIZE && depth < MAX_DEPTH { choose_split(rules, &cands, &region) } else { None };
-    match split {
+    let cut = if cands.len() > LEAF_SIZE && depth < MAX_DEPTH { choose_cut(rules, &cands, &region) } else { None };
+    match cut {
         None => {
             let start = t.leaf_rules.len() as u32;
-            t.leaf_rules.extend_from_slice(&cands);
+            t.leaf_rules.extend(cands.iter().map(|&c| LeafEntry::new(rules, c)));
             t.nodes[me as usize] = Node::Leaf { start, len: cands.len() as u32 };
         }
-        Some((field, at)) => {
-            let (mut l, mut r) = (Vec::new(), Vec::new());
-            for &c in &cands {
-                let iv = &rules[c as usize].fields[field];
-                let (rlo, rhi) = region[field];
-                if iv.iter().any(|&(lo, hi)| lo <= at && hi >= rlo) {
-                    l.push(c);
-                }
-                if iv.iter().any(|&(lo, hi)| hi > at && lo <= rhi) {
-                    r.push(c);
-                }
+        Some((field, points)) => {
+            let start = t.points.len() as u32;
+            t.points.extend_from_slice(&points);
+            t.points.push(K::MIN);
+            t.children.resize(t.points.len(), 0);
+            t.nodes[me as usize] = Node::Cut { field: field as u8, start, n: points.len() as u8 };
+            for (i, (lo, hi)) in slices(&points, region[field]).into_iter().enumerate() {
+                let sub: Vec<u32> = cands.iter().copied().filter(|&c| overlaps(&rules[c as usize].fields[field], lo, hi)).collect();
+                let mut reg = region;
+                reg[field] = (lo, hi);
+                let child = build_node(rules, t, sub, reg, depth + 1);
+                t.children[start as usize + i] = child;
             }
-            drop(cands);
-            let mut lreg = region;
-            lreg[field].1 = at;
-            let mut rreg = region;
-            rreg[field].0 = at.inc();
-            let left = build_node(rules, t, l, lreg, depth + 1);
-            let right = build_node(rules, t, r, rreg, depth + 1);
-            t.nodes[me as usize] = Node::Split { field: field as u8, at, left, right };
         }
     }
     me
 }
 
-/// Picks the field and point that best balance the candidates while replicating few of them.
-fn choose_split<K: Key>(rules: &[TreeRule<K>], cands: &[u32], region: &[(K, K); FIELDS]) -> Option<(usize, K)> {
+/// Whether an interval set meets `[lo, hi]`.
+fn overlaps<K: Key>(iv: &[(K, K)], lo: K, hi: K) -> bool {
+    iv.iter().any(|&(a, b)| a <= hi && b >= lo)
+}
+
+/// The child ranges that cut points make of a region's field range.
+fn slices<K: Key>(points: &[K], (rlo, rhi): (K, K)) -> Vec<(K, K)> {
+    let mut out = Vec::with_capacity(points.len() + 1);
+    let mut lo = rlo;
+    for &p in points {
+        out.push((lo, p));
+        lo = p.inc();
+    }
+    out.push((lo, rhi));
+    out
+}
+
+/// Most children a node may have.
+const MAX_FANOUT: usize = 16;
+/// How much a cut may replicate rules: the children together hold at most this many times the
+/// node's rules.
+const MAX_REPLICATION: f64 = 2.0;
+
+/// Picks the field and cut points (up to [`MAX_FANOUT`] children) that leave the fullest child
+/// smallest, within the replication bound; `None` when no cut makes progress.
+fn choose_cut<K: Key>(rules: &[TreeRule<K>], cands: &[u32], region: &[(K, K); FIELDS]) -> Option<(usize, Vec<K>)> {
     let n = cands.len();
-    let mut best: Option<(usize, usize, usize, K)> = None; // (max side, total, field, at)
-    let mut points: Vec<K> = Vec::with_capacity(2 * n);
-    for f in 0..FIELDS {
-        let (rlo, rhi) = region[f];
+    let mut best: Option<(usize, usize, usize, Vec<K>)> = None; // (fullest child, total, field, points)
+    let mut ends: Vec<K> = Vec::with_capacity(2 * n);
+    for (f, &(rlo, rhi)) in region.iter().enumerate() {
         if rlo == rhi {
             continue;
         }
-        points.clear();
+        ends.clear();
         for &c in cands {
             for &(lo, hi) in &rules[c as usize].fields[f] {
                 if hi < rlo || lo > rhi {
                     continue;
                 }
                 if lo > rlo {
-                    points.push(lo.dec());
+                    ends.push(lo.dec());
                 }
                 if hi < rhi {
-                    points.push(hi);
+                    ends.push(hi);
                 }
             }
         }
-        if points.is_empty() {
+        if ends.is_empty() {
             continue;
         }
-        points.sort_unstable();
-        points.dedup();
-        for q in [points.len() / 2, points.len() / 4, 3 * points.len() / 4] {
-            let at = points[q];
-            let (mut l, mut r) = (0, 0);
-            for &c in cands {
-                let iv = &rules[c as usize].fields[f];
-                l += iv.iter().any(|&(lo, hi)| lo <= at && hi >= rlo) as usize;
-                r += iv.iter().any(|&(lo, hi)| hi > at && lo <= rhi) as usize;
+        ends.sort_unstable();
+        ends.dedup();
+        let mut fanout = MAX_FANOUT.min(ends.len() + 1);
+        while fanout >= 2 {
+            let mut points: Vec<K> = (1..fanout).map(|i| ends[i * ends.len() / fanout]).collect();
+            points.dedup();
+            let counts: Vec<usize> = slices(&points, (rlo, rhi))
+                .iter()
+                .map(|&(lo, hi)| cands.iter().filter(|&&c| overlaps(&rules[c as usize].fields[f], lo, hi)).count())
+                .collect();
+            let (max, total) = (*counts.iter().max().unwrap(), counts.iter().sum::<usize>());
+            if max < n && (total as f64) <= MAX_REPLICATION * n as f64 {
+                if best.as_ref().is_none_or(|b| (max, total) < (b.0, b.1)) {
+                    best = Some((max, total, f, points));
+                }
+                break;
             }
-            let cand = (l.max(r), l + r, f, at);
-            if l.max(r) < n && best.is_none_or(|b| (cand.0, cand.1) < (b.0, b.1)) {
-                best = Some(cand);
-            }
+            fanout /= 2;
         }
     }
-    best.map(|(_, _, f, at)| (f, at))
+    best.map(|(_, _, f, p)| (f, p))
 }
 
 #[cfg(test)]
 mod tests;
+
+impl<K: Key> TreeClassifier<K> {
+    /// Shape statistics for tuning: per tree (rules, nodes, leaf entries, max leaf, depth).
+    pub fn debug_stats(&self) -> Vec<(usize, usize, usize, usize, usize)> {
+        self.base
+            .trees
+            .iter()
+            .map(|t| {
+                let mut maxleaf = 0;
+                let mut depth = 0;
+                fn walk<K: Key>(t: &Tree<K>, n: usize, d: usize, maxleaf: &mut usize, depth: &mut usize) {
+                    match t.nodes[n] {
+                        Node::Cut { start, n: cuts, .. } => {
+                            for i in 0..=cuts as usize {
+                                walk(t, t.children[start as usize + i] as usize, d + 1, maxleaf, depth);
+                            }
+                        }
+                        Node::Leaf { len, .. } => {
+                            *maxleaf = (*maxleaf).max(len as usize);
+                            *depth = (*depth).max(d);
+                        }
+                    }
+                }
+                walk(t, 0, 0, &mut maxleaf, &mut depth);
+                let rules: std::collections::HashSet<u32> = t.leaf_rules.iter().map(|e| e.rule).collect();
+                (rules.len(), t.nodes.len(), t.leaf_rules.len(), maxleaf, depth)
+            })
+            .collect()
+    }
+}

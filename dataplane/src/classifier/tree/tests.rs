@@ -14,8 +14,7 @@ fn intervals() -> impl Strategy<Value = Intervals<u32>> {
 }
 
 fn rule() -> impl Strategy<Value = TreeRule<u32>> {
-    (0..500u32, [intervals(), intervals(), intervals(), intervals(), intervals()])
-        .prop_map(|(priority, fields)| TreeRule { priority, fields })
+    (0..500u32, [intervals(), intervals(), intervals(), intervals(), intervals()]).prop_map(|(priority, fields)| TreeRule { priority, fields })
 }
 
 fn rules() -> impl Strategy<Value = Vec<TreeRule<u32>>> {
@@ -66,9 +65,15 @@ proptest! {
         let linear = LinearClassifier::build(reference.into_values().collect());
         prop_assert_eq!(tree.rules(), linear.rules().to_vec());
         // Rejecting every priority divisible by `reject` stands in for IP-set checks.
-        let accept = |p: u32| reject == 0 || p % (reject + 1) != 0;
-        for (key, from) in keys.iter().zip(froms) {
+        let accept = |p: u32| reject == 0 || !p.is_multiple_of(reject + 1);
+        for (key, &from) in keys.iter().zip(&froms) {
             prop_assert_eq!(tree.lookup(key, from, accept), linear.lookup(key, from, accept), "key {:?} from {}", key, from);
+        }
+        let single: Vec<Option<u32>> = keys.iter().map(|k| linear.lookup(k, froms[0], accept)).collect();
+        for t in [&tree, &TreeClassifier::build(linear.rules().to_vec())] {
+            let mut batch = vec![None; keys.len()];
+            t.lookup_batch(&keys, froms[0], &mut batch, |_, p| accept(p));
+            prop_assert_eq!(&batch, &single);
         }
     }
 }

@@ -1,0 +1,289 @@
+//! `palisade-bench`: Palisade's benchmarks. Each scenario prints one JSON line; `--plot` draws an
+//! SVG of the results.
+
+mod classbench;
+mod k8s;
+mod plot;
+mod tss;
+
+use clap::{Parser, Subcommand};
+use classbench::{Filter, Shape};
+use palisade_dataplane::classifier::linear::LinearClassifier;
+use palisade_dataplane::classifier::tree::{TreeClassifier, TreeRule};
+use palisade_dataplane::compile::Compiler;
+use palisade_policy::eval::Evaluator;
+use palisade_policy::model::Direction;
+use serde_json::{json, Value};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "palisade-bench", about = "Palisade benchmarks (JSON lines on standard output)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classifier lookups, build time, memory and updates against tuple-space search and a
+    /// linear scan. With no rule source given, runs the whole matrix: acl/fw/ipc at 1K, 10K and
+    /// 100K rules and Kubernetes-shaped clusters of 100, 1K and 10K policies.
+    Classify {
+        /// A ClassBench filter file.
+        #[arg(long, conflicts_with_all = ["shape", "k8s"])]
+        rules: Option<PathBuf>,
+        /// Generate a ClassBench-like set of this shape.
+        #[arg(long, value_enum)]
+        shape: Option<Shape>,
+        /// Number of generated rules.
+        #[arg(long, default_value_t = 10_000)]
+        size: usize,
+        /// Generate a Kubernetes-shaped cluster with this many policies.
+        #[arg(long)]
+        k8s: Option<usize>,
+        /// Packets per trace.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: usize,
+        /// Packets for the linear-scan and evaluator baselines (they are slow at large sizes).
+        #[arg(long, default_value_t = 20_000)]
+        baseline_packets: usize,
+        /// Write the generated ClassBench set to this file.
+        #[arg(long)]
+        write_rules: Option<PathBuf>,
+        /// Draw the results as an SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn main() {
+    let Command::Classify { rules, shape, size, k8s, packets, baseline_packets, write_rules, plot, seed } = Cli::parse().command;
+    let mut results = Vec::new();
+    let mut emit = |v: Value| {
+        println!("{v}");
+        results.push(v);
+    };
+    let p = Params { packets, baseline_packets, seed };
+    if let Some(path) = rules {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+        let filters = classbench::parse(&text).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+        if filters.is_empty() {
+            fail(&format!("{}: no filters", path.display()));
+        }
+        for v in classbench_scenario(&path.display().to_string(), &filters, &p) {
+            emit(v);
+        }
+    } else if shape.is_some() || k8s.is_some() {
+        if let Some(s) = shape {
+            let filters = classbench::generate(s, size, seed);
+            if let Some(w) = &write_rules {
+                std::fs::write(w, classbench::format(&filters)).unwrap_or_else(|e| fail(&format!("{}: {e}", w.display())));
+            }
+            for v in classbench_scenario(&format!("{s:?}").to_lowercase(), &filters, &p) {
+                emit(v);
+            }
+        }
+        if let Some(n) = k8s {
+            emit(k8s_scenario(n, &p));
+        }
+    } else {
+        for s in [Shape::Acl, Shape::Fw, Shape::Ipc] {
+            for n in [1_000, 10_000, 100_000] {
+                for v in classbench_scenario(&format!("{s:?}").to_lowercase(), &classbench::generate(s, n, seed), &p) {
+                    emit(v);
+                }
+            }
+        }
+        for n in [100, 1_000, 10_000] {
+            emit(k8s_scenario(n, &p));
+        }
+    }
+    if let Some(path) = plot {
+        plot::draw(&path, &results).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("palisade-bench: {msg}");
+    std::process::exit(2)
+}
+
+struct Params {
+    packets: usize,
+    baseline_packets: usize,
+    seed: u64,
+}
+
+/// Facts about the machine, recorded with every result.
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    json!({"cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel, "threads_used": 1})
+}
+
+fn ns_per(d: Duration, n: usize) -> f64 {
+    (d.as_nanos() as f64 / n as f64 * 10.0).round() / 10.0
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Median over `reps` timings of `f`, which processes `n` items.
+fn time_ns(reps: usize, n: usize, mut f: impl FnMut()) -> f64 {
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            ns_per(t.elapsed(), n)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn classbench_scenario(name: &str, filters: &[Filter], p: &Params) -> Vec<Value> {
+    let rules: Vec<TreeRule<u32>> = filters.iter().enumerate().map(|(i, f)| f.to_rule(i as u32 * 1024)).collect();
+    let t = Instant::now();
+    let tree = TreeClassifier::build(rules.clone());
+    let tree_build = t.elapsed();
+    if std::env::var("PALISADE_TREE_STATS").is_ok() {
+        eprintln!("stats {:?}", tree.debug_stats());
+    }
+    let t = Instant::now();
+    let tss = tss::TupleSpace::build(filters);
+    let tss_build = t.elapsed();
+    let linear = LinearClassifier::build(rules.clone());
+    let mut out = Vec::new();
+    for (trace_name, trace) in
+        [("in-rules", classbench::trace_in_rules(filters, p.packets, p.seed + 1)), ("uniform", classbench::trace_uniform(p.packets, p.seed + 2))]
+    {
+        // The three must agree on every packet the baselines see.
+        let nb = p.baseline_packets.min(trace.len());
+        for k in &trace[..nb] {
+            let want = linear.lookup(k, 0, |_| true);
+            assert_eq!(tree.lookup(k, 0, |_| true), want, "tree disagrees with the linear scan on {k:?}");
+            assert_eq!(tss.lookup(k).map(|i| i * 1024), want, "tuple-space search disagrees on {k:?}");
+        }
+        let tree_ns = time_ns(5, trace.len(), || {
+            for k in &trace {
+                black_box(tree.lookup(black_box(k), 0, |_| true));
+            }
+        });
+        let mut batch_out = vec![None; 32];
+        let tree_batched_ns = time_ns(5, trace.len(), || {
+            for chunk in trace.chunks(32) {
+                let out = &mut batch_out[..chunk.len()];
+                tree.lookup_batch(black_box(chunk), 0, out, |_, _| true);
+                black_box(&out);
+            }
+        });
+        let tss_ns = time_ns(5, trace.len(), || {
+            for k in &trace {
+                black_box(tss.lookup(black_box(k)));
+            }
+        });
+        let linear_ns = time_ns(3, nb, || {
+            for k in &trace[..nb] {
+                black_box(linear.lookup(black_box(k), 0, |_| true));
+            }
+        });
+        let mut v = json!({
+            "scenario": "classbench", "set": name, "rules": filters.len(), "trace": trace_name, "packets": trace.len(),
+            "tree": {"ns_per_lookup": tree_ns, "ns_per_lookup_batched": tree_batched_ns, "build_ms": ms(tree_build), "memory_bytes": tree.memory_bytes()},
+            "tss": {"ns_per_lookup": tss_ns, "build_ms": ms(tss_build), "memory_bytes": tss.memory_bytes(), "tuples": tss.tuples()},
+            "linear": {"ns_per_lookup": linear_ns, "packets": nb},
+            "speedup_vs_tss": (tss_ns / tree_ns * 100.0).round() / 100.0,
+            "speedup_vs_linear": (linear_ns / tree_ns * 10.0).round() / 10.0,
+            "machine": machine(),
+        });
+        if trace_name == "in-rules" {
+            v["tree"]["update"] = update_stats(&tree, &rules, p.seed);
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// Times replacing one rule (a changed destination port, same priority), 2,000 times in a row,
+/// so that the rebuilds the overlay triggers every 64 changes are included in the mean.
+fn update_stats(tree: &TreeClassifier<u32>, rules: &[TreeRule<u32>], seed: u64) -> Value {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 3);
+    let mut cur = tree.clone();
+    let mut times: Vec<f64> = Vec::new();
+    for _ in 0..2000 {
+        let mut r = rules[rng.gen_range(0..rules.len())].clone();
+        let port = rng.gen_range(1..65535u32);
+        r.fields[4] = vec![(port, port)];
+        let t = Instant::now();
+        cur = cur.insert(r);
+        times.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        black_box(&cur);
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    json!({"updates": times.len(), "us_p50": r2(times[times.len() / 2]), "us_p99": r2(times[times.len() * 99 / 100]), "us_mean_including_rebuilds": r2(mean), "us_max": r2(times[times.len() - 1])})
+}
+
+fn k8s_scenario(policies: usize, p: &Params) -> Value {
+    let g = k8s::generate(policies, p.packets.min(200_000), p.seed);
+    let c = &g.cluster;
+    let t = Instant::now();
+    let mut compiler = Compiler::new();
+    let programs = compiler.compile(c, None);
+    let compile = t.elapsed();
+    let mut seen = std::collections::HashSet::new();
+    let memory: usize = programs.values().filter(|p| seen.insert(std::sync::Arc::as_ptr(p))).map(|p| p.memory_bytes()).sum();
+    let unique = seen.len();
+    let entries: usize = programs.values().map(|p| p.len()).max().unwrap_or(0);
+    // Per flow: the source's egress program (if it is a pod) and the destination's ingress program.
+    let programs_ref = &programs;
+    let lookups: Vec<_> = g
+        .flows
+        .iter()
+        .flat_map(|f| {
+            let e = c.endpoint_for_ip(f.src).map(|ep| (ep, Direction::Egress));
+            let i = c.endpoint_for_ip(f.dst).map(|ep| (ep, Direction::Ingress));
+            e.into_iter().chain(i).map(move |(ep, d)| (&*programs_ref[&(ep.name.clone(), d)], ep, d, f))
+        })
+        .collect();
+    let ev = Evaluator::new(c);
+    let nb = p.baseline_packets.min(lookups.len());
+    for (prog, ep, d, f) in &lookups[..nb.min(5000)] {
+        assert_eq!(prog.classify(f).allowed, ev.direction(ep, *d, f, false).allowed, "compiled program disagrees with the evaluator on {f:?}");
+    }
+    let compiled_ns = time_ns(5, lookups.len(), || {
+        for (prog, _, _, f) in &lookups {
+            black_box(prog.classify(black_box(f)));
+        }
+    });
+    let eval_ns = time_ns(3, nb, || {
+        for (_, ep, d, f) in &lookups[..nb] {
+            black_box(ev.direction(ep, *d, black_box(f), false));
+        }
+    });
+    // One policy changes (its rules): recompile what depends on it.
+    let changed = c.policies.iter().find(|p| p.name.contains("cnp")).or(c.policies.first()).map(|p| p.name.clone()).unwrap_or_default();
+    let t = Instant::now();
+    compiler.invalidate(std::slice::from_ref(&changed));
+    black_box(compiler.compile(c, None));
+    let update = t.elapsed();
+    json!({
+        "scenario": "k8s", "policies": policies, "endpoints": c.endpoints.len(), "programs": programs.len(), "unique_programs": unique,
+        "max_entries_per_program": entries, "flows": g.flows.len(), "lookups": lookups.len(),
+        "compiled": {"ns_per_lookup": compiled_ns, "compile_ms": ms(compile), "memory_bytes": memory, "policy_update_ms": ms(update)},
+        "evaluator": {"ns_per_lookup": eval_ns, "lookups": nb},
+        "speedup_vs_evaluator": (eval_ns / compiled_ns * 10.0).round() / 10.0,
+        "machine": machine(),
+    })
+}
