@@ -206,7 +206,7 @@ fn port_range(rng: &mut StdRng) -> (u16, u16) {
     }
 }
 
-/// Generates `n` filters of a shape, reproducibly from `seed`.
+/// Generates `n` filters of a shape, reproducibly from `seed`; the last is the default (match-all).
 pub fn generate(shape: Shape, n: usize, seed: u64) -> Vec<Filter> {
     let mut rng = StdRng::seed_from_u64(seed);
     let pool = PrefixPool::new(&mut rng, (n as f64).sqrt() as usize);
@@ -253,8 +253,11 @@ pub fn generate(shape: Shape, n: usize, seed: u64) -> Vec<Filter> {
                 Filter { src, dst, sport, dport, proto: proto(&mut rng, 0.35) }
             }
             Shape::Ipc => {
-                let src = if rng.gen_bool(0.2) { any } else { pool.medium(&mut rng) };
-                let dst = if rng.gen_bool(0.2) { any } else { pool.medium(&mut rng) };
+                let (src, dst) = match rng.gen_range(0..10) {
+                    0..=1 => (any, pool.medium(&mut rng)),
+                    2..=3 => (pool.medium(&mut rng), any),
+                    _ => (pool.medium(&mut rng), pool.medium(&mut rng)),
+                };
                 let sport = if rng.gen_bool(0.85) { (0, 65535) } else { port_exact(&mut rng) };
                 let dport = if rng.gen_bool(0.4) {
                     (0, 65535)
@@ -267,6 +270,10 @@ pub fn generate(shape: Shape, n: usize, seed: u64) -> Vec<Filter> {
             }
         };
         out.push(f);
+    }
+    // Filter sets end with a default rule, as ClassBench's seeds do.
+    if let Some(last) = out.last_mut() {
+        *last = Filter { src: any, dst: any, sport: (0, 65535), dport: (0, 65535), proto: None };
     }
     out
 }

@@ -1,13 +1,9 @@
 //! `palisade-bench`: Palisade's benchmarks. Each scenario prints one JSON line; `--plot` draws an
 //! SVG of the results.
 
-mod classbench;
-mod k8s;
-mod plot;
-mod tss;
-
 use clap::{Parser, Subcommand};
-use classbench::{Filter, Shape};
+use palisade_bench::classbench::{self, Filter, Shape};
+use palisade_bench::{k8s, plot, tss};
 use palisade_dataplane::classifier::linear::LinearClassifier;
 use palisade_dataplane::classifier::tree::{TreeClassifier, TreeRule};
 use palisade_dataplane::compile::Compiler;
@@ -213,14 +209,14 @@ fn classbench_scenario(name: &str, filters: &[Filter], p: &Params) -> Vec<Value>
     out
 }
 
-/// Times replacing one rule (a changed destination port, same priority), 2,000 times in a row,
+/// Times replacing one rule (a changed destination port, same priority), 500 times in a row,
 /// so that the rebuilds the overlay triggers every 64 changes are included in the mean.
 fn update_stats(tree: &TreeClassifier<u32>, rules: &[TreeRule<u32>], seed: u64) -> Value {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 3);
     let mut cur = tree.clone();
     let mut times: Vec<f64> = Vec::new();
-    for _ in 0..2000 {
+    for _ in 0..500 {
         let mut r = rules[rng.gen_range(0..rules.len())].clone();
         let port = rng.gen_range(1..65535u32);
         r.fields[4] = vec![(port, port)];

@@ -119,8 +119,9 @@ enum Node {
     Leaf { start: u32, len: u32 },
 }
 
-/// A rule as stored in a leaf: its per-field hulls inline, so that a leaf scan reads one
-/// contiguous array; rules with several intervals in a field are checked in full after the hulls.
+/// A rule's per-field hulls, stored densely (one per rule, shared by every leaf that holds the
+/// rule) so that leaf scans stay in cache; rules with several intervals in a field are checked in
+/// full after the hulls.
 #[derive(Clone, Copy, Debug)]
 struct LeafEntry<K> {
     lo: [K; FIELDS],
@@ -159,7 +160,8 @@ struct Tree<K> {
     /// `children` can share the indexing.
     points: Vec<K>,
     children: Vec<u32>,
-    leaf_rules: Vec<LeafEntry<K>>,
+    /// Indices into the base's rules (and hulls).
+    leaf_rules: Vec<u32>,
     /// Best (lowest) priority of any rule in the tree.
     best: u32,
 }
@@ -178,6 +180,8 @@ pub const OVERLAY_LIMIT: usize = 64;
 #[derive(Debug)]
 struct Base<K> {
     rules: Vec<TreeRule<K>>,
+    /// `hulls[i]` belongs to `rules[i]`.
+    hulls: Vec<LeafEntry<K>>,
     trees: Vec<Tree<K>>,
 }
 
@@ -226,12 +230,14 @@ impl<K: Key> TreeClassifier<K> {
                 let best = rules[p[0] as usize].priority;
                 let mut t = Tree { nodes: Vec::new(), points: Vec::new(), children: Vec::new(), leaf_rules: Vec::new(), best };
                 let region = [(K::MIN, K::MAX); FIELDS];
-                build_node(&rules, &mut t, p, region, 0);
+                let mut budget = LEAF_BUDGET * p.len() + 4 * LEAF_SIZE;
+                build_node(&rules, &mut t, p, region, 0, &mut budget);
                 t
             })
             .collect();
         trees.sort_by_key(|t| t.best);
-        TreeClassifier { base: Arc::new(Base { rules, trees }), overlay: Arc::new(Overlay { added: Vec::new(), removed: Vec::new() }) }
+        let hulls = (0..rules.len() as u32).map(|i| LeafEntry::new(&rules, i)).collect();
+        TreeClassifier { base: Arc::new(Base { rules, hulls, trees }), overlay: Arc::new(Overlay { added: Vec::new(), removed: Vec::new() }) }
     }
 
     /// All rules in force, by priority.
@@ -329,7 +335,8 @@ impl<K: Key> TreeClassifier<K> {
                     continue;
                 }
                 let Node::Leaf { start, len } = t.nodes[c as usize] else { unreachable!("cursor stops at leaves") };
-                for e in &t.leaf_rules[start as usize..(start + len) as usize] {
+                for &ri in &t.leaf_rules[start as usize..(start + len) as usize] {
+                    let e = &self.base.hulls[ri as usize];
                     if out[i].is_some_and(|p| p <= e.priority) {
                         break;
                     }
@@ -346,16 +353,13 @@ impl<K: Key> TreeClassifier<K> {
     pub fn memory_bytes(&self) -> usize {
         let rule_bytes =
             |r: &TreeRule<K>| std::mem::size_of::<TreeRule<K>>() + r.fields.iter().map(|f| f.len() * std::mem::size_of::<(K, K)>()).sum::<usize>();
-        let rules: usize = self.base.rules.iter().chain(self.overlay.added.iter().map(|r| &**r)).map(rule_bytes).sum();
+        let hulls = self.base.hulls.len() * std::mem::size_of::<LeafEntry<K>>();
+        let rules: usize = hulls + self.base.rules.iter().chain(self.overlay.added.iter().map(|r| &**r)).map(rule_bytes).sum::<usize>();
         let trees: usize = self
             .base
             .trees
             .iter()
-            .map(|t| {
-                t.nodes.len() * std::mem::size_of::<Node>()
-                    + t.points.len() * (std::mem::size_of::<K>() + 4)
-                    + t.leaf_rules.len() * std::mem::size_of::<LeafEntry<K>>()
-            })
+            .map(|t| t.nodes.len() * std::mem::size_of::<Node>() + t.points.len() * (std::mem::size_of::<K>() + 4) + t.leaf_rules.len() * 4)
             .sum();
         rules + trees
     }
@@ -383,7 +387,8 @@ impl<K: Key> Base<K> {
                 match t.nodes[n] {
                     Node::Cut { field, start, n: cuts } => n = t.child(key[field as usize], start, cuts),
                     Node::Leaf { start, len } => {
-                        for e in &t.leaf_rules[start as usize..(start + len) as usize] {
+                        for &ri in &t.leaf_rules[start as usize..(start + len) as usize] {
+                            let e = &self.hulls[ri as usize];
                             if best.is_some_and(|p| p <= e.priority) {
                                 break;
                             }
@@ -401,16 +406,23 @@ impl<K: Key> Base<K> {
     }
 }
 
+/// Leaf entries a tree may hold per rule: bounds replication, which otherwise compounds with depth
+/// (rules whose addresses are checked through IP sets span whole address ranges and are copied by
+/// every port or protocol cut). Once spent, nodes become leaves.
+const LEAF_BUDGET: usize = 4;
+
 /// Builds the subtree for `cands` (rule indices in priority order) within `region`; returns its
-/// node index.
-fn build_node<K: Key>(rules: &[TreeRule<K>], t: &mut Tree<K>, cands: Vec<u32>, region: [(K, K); FIELDS], depth: usize) -> u32 {
+/// node index. `budget` is the number of leaf entries the rest of the tree may still use.
+fn build_node<K: Key>(rules: &[TreeRule<K>], t: &mut Tree<K>, cands: Vec<u32>, region: [(K, K); FIELDS], depth: usize, budget: &mut usize) -> u32 {
     let me = t.nodes.len() as u32;
     t.nodes.push(Node::Leaf { start: 0, len: 0 });
-    let cut = if cands.len() > LEAF_SIZE && depth < MAX_DEPTH { choose_cut(rules, &cands, &region) } else { None };
+    let splittable = cands.len() > LEAF_SIZE && depth < MAX_DEPTH && *budget >= 2 * cands.len();
+    let cut = if splittable { choose_cut(rules, &cands, &region) } else { None };
     match cut {
         None => {
             let start = t.leaf_rules.len() as u32;
-            t.leaf_rules.extend(cands.iter().map(|&c| LeafEntry::new(rules, c)));
+            *budget = budget.saturating_sub(cands.len());
+            t.leaf_rules.extend_from_slice(&cands);
             t.nodes[me as usize] = Node::Leaf { start, len: cands.len() as u32 };
         }
         Some((field, points)) => {
@@ -423,7 +435,7 @@ fn build_node<K: Key>(rules: &[TreeRule<K>], t: &mut Tree<K>, cands: Vec<u32>, r
                 let sub: Vec<u32> = cands.iter().copied().filter(|&c| overlaps(&rules[c as usize].fields[field], lo, hi)).collect();
                 let mut reg = region;
                 reg[field] = (lo, hi);
-                let child = build_node(rules, t, sub, reg, depth + 1);
+                let child = build_node(rules, t, sub, reg, depth + 1, budget);
                 t.children[start as usize + i] = child;
             }
         }
@@ -530,7 +542,7 @@ impl<K: Key> TreeClassifier<K> {
                     }
                 }
                 walk(t, 0, 0, &mut maxleaf, &mut depth);
-                let rules: std::collections::HashSet<u32> = t.leaf_rules.iter().map(|e| e.rule).collect();
+                let rules: std::collections::HashSet<u32> = t.leaf_rules.iter().copied().collect();
                 (rules.len(), t.nodes.len(), t.leaf_rules.len(), maxleaf, depth)
             })
             .collect()

@@ -1,0 +1,8 @@
+//! Benchmark building blocks: ClassBench rule sets and traces, a Kubernetes-shaped cluster
+//! generator, the tuple-space-search baseline and the result plot. The `palisade-bench` binary
+//! and the criterion benches use them.
+
+pub mod classbench;
+pub mod k8s;
+pub mod plot;
+pub mod tss;
