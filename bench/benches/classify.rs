@@ -22,7 +22,9 @@ fn classbench_lookups(c: &mut Criterion) {
         let tss = TupleSpace::build(&filters);
         let linear = LinearClassifier::build(rules);
         g.throughput(Throughput::Elements(trace.len() as u64));
-        g.bench_with_input(BenchmarkId::new("tree", n), &trace, |b, t| b.iter(|| t.iter().filter(|k| tree.lookup(black_box(k), 0, |_| true).is_some()).count()));
+        g.bench_with_input(BenchmarkId::new("tree", n), &trace, |b, t| {
+            b.iter(|| t.iter().filter(|k| tree.lookup(black_box(k), 0, |_| true).is_some()).count())
+        });
         g.bench_with_input(BenchmarkId::new("tss", n), &trace, |b, t| b.iter(|| t.iter().filter(|k| tss.lookup(black_box(k)).is_some()).count()));
         if n <= 1_000 {
             g.bench_with_input(BenchmarkId::new("linear", n), &trace, |b, t| {

@@ -151,9 +151,6 @@ fn classbench_scenario(name: &str, filters: &[Filter], p: &Params) -> Vec<Value>
     let t = Instant::now();
     let tree = TreeClassifier::build(rules.clone());
     let tree_build = t.elapsed();
-    if std::env::var("PALISADE_TREE_STATS").is_ok() {
-        eprintln!("stats {:?}", tree.debug_stats());
-    }
     let t = Instant::now();
     let tss = tss::TupleSpace::build(filters);
     let tss_build = t.elapsed();
@@ -194,7 +191,7 @@ fn classbench_scenario(name: &str, filters: &[Filter], p: &Params) -> Vec<Value>
         });
         let mut v = json!({
             "scenario": "classbench", "set": name, "rules": filters.len(), "trace": trace_name, "packets": trace.len(),
-            "tree": {"ns_per_lookup": tree_ns, "ns_per_lookup_batched": tree_batched_ns, "build_ms": ms(tree_build), "memory_bytes": tree.memory_bytes()},
+            "tree": {"ns_per_lookup": tree_ns, "ns_per_lookup_batched": tree_batched_ns, "build_ms": ms(tree_build), "memory_bytes": tree.memory_bytes(), "shape": tree.shape()},
             "tss": {"ns_per_lookup": tss_ns, "build_ms": ms(tss_build), "memory_bytes": tss.memory_bytes(), "tuples": tss.tuples()},
             "linear": {"ns_per_lookup": linear_ns, "packets": nb},
             "speedup_vs_tss": (tss_ns / tree_ns * 100.0).round() / 100.0,

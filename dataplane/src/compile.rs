@@ -44,8 +44,6 @@ struct Entry {
     segment_end: u32,
     /// For staged rules: the policy they belong to (its matches stop at its first terminal rule).
     staged_group: Option<u32>,
-    /// Allow/Deny/Pass of an enforced rule, or a default: decides or redirects the lookup.
-    terminal: bool,
 }
 
 /// Checks on an address and port that the tree cannot see: selector and named-port sets.
@@ -306,12 +304,12 @@ impl Compiler {
                 group += 1;
                 for (i, rule) in rules.iter().enumerate() {
                     let e = entries.len() as u32;
+                    // Allow/Deny/Pass of an enforced rule decide or redirect the lookup.
                     let terminal = !staged && rule.action != Action::Log;
                     entries.push(Entry {
                         kind: EntryKind::Rule(RuleRef { tier: tier.clone(), policy: policy.clone(), rule: i, action: rule.action, staged: *staged }),
                         segment_end: 0,
                         staged_group: staged.then_some(group),
-                        terminal,
                     });
                     let c = Checks { src: self.side_checks(cluster, &rule.src), dst: self.side_checks(cluster, &rule.dst) };
                     checks.push((!(c.src.is_empty() && c.dst.is_empty())).then(|| Box::new(c)));
@@ -325,7 +323,7 @@ impl Compiler {
             }
             if let Some(tier) = &seg.default_deny {
                 let e = entries.len() as u32;
-                entries.push(Entry { kind: EntryKind::TierEnd { tier: tier.clone() }, segment_end: 0, staged_group: None, terminal: true });
+                entries.push(Entry { kind: EntryKind::TierEnd { tier: tier.clone() }, segment_end: 0, staged_group: None });
                 checks.push(None);
                 v4.0.push(TreeRule { priority: e, fields: full_fields() });
                 v6.0.push(TreeRule { priority: e, fields: full_fields() });
@@ -336,11 +334,10 @@ impl Compiler {
             }
         }
         let e = entries.len() as u32;
-        entries.push(Entry { kind: EntryKind::NoProfileMatch, segment_end: e + 1, staged_group: None, terminal: true });
+        entries.push(Entry { kind: EntryKind::NoProfileMatch, segment_end: e + 1, staged_group: None });
         checks.push(None);
         v4.0.push(TreeRule { priority: e, fields: full_fields() });
         v6.0.push(TreeRule { priority: e, fields: full_fields() });
-        debug_assert!(entries.iter().all(|e| e.terminal || matches!(e.kind, EntryKind::Rule(_))));
         Program {
             entries,
             checks,

@@ -516,35 +516,47 @@ fn choose_cut<K: Key>(rules: &[TreeRule<K>], cands: &[u32], region: &[(K, K); FI
     best.map(|(_, _, f, p)| (f, p))
 }
 
-#[cfg(test)]
-mod tests;
+/// The shape of one tree, for benchmark reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TreeShape {
+    /// Distinct rules in the tree.
+    pub rules: usize,
+    /// Nodes (cuts and leaves).
+    pub nodes: usize,
+    /// Leaf entries (rules counted once per leaf holding them).
+    pub leaf_entries: usize,
+    /// Largest leaf.
+    pub max_leaf: usize,
+    /// Deepest leaf.
+    pub depth: usize,
+}
 
 impl<K: Key> TreeClassifier<K> {
-    /// Shape statistics for tuning: per tree (rules, nodes, leaf entries, max leaf, depth).
-    pub fn debug_stats(&self) -> Vec<(usize, usize, usize, usize, usize)> {
+    /// The shape of each tree (one per rule partition).
+    pub fn shape(&self) -> Vec<TreeShape> {
         self.base
             .trees
             .iter()
             .map(|t| {
-                let mut maxleaf = 0;
-                let mut depth = 0;
-                fn walk<K: Key>(t: &Tree<K>, n: usize, d: usize, maxleaf: &mut usize, depth: &mut usize) {
+                let mut shape = TreeShape { rules: 0, nodes: t.nodes.len(), leaf_entries: t.leaf_rules.len(), max_leaf: 0, depth: 0 };
+                let mut stack = vec![(0usize, 0usize)];
+                while let Some((n, d)) = stack.pop() {
                     match t.nodes[n] {
                         Node::Cut { start, n: cuts, .. } => {
-                            for i in 0..=cuts as usize {
-                                walk(t, t.children[start as usize + i] as usize, d + 1, maxleaf, depth);
-                            }
+                            stack.extend((0..=cuts as usize).map(|i| (t.children[start as usize + i] as usize, d + 1)))
                         }
                         Node::Leaf { len, .. } => {
-                            *maxleaf = (*maxleaf).max(len as usize);
-                            *depth = (*depth).max(d);
+                            shape.max_leaf = shape.max_leaf.max(len as usize);
+                            shape.depth = shape.depth.max(d);
                         }
                     }
                 }
-                walk(t, 0, 0, &mut maxleaf, &mut depth);
-                let rules: std::collections::HashSet<u32> = t.leaf_rules.iter().copied().collect();
-                (rules.len(), t.nodes.len(), t.leaf_rules.len(), maxleaf, depth)
+                shape.rules = t.leaf_rules.iter().collect::<std::collections::HashSet<_>>().len();
+                shape
             })
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
