@@ -2,9 +2,12 @@
 # Installs what building, testing and running Palisade needs on Debian 12. Safe to run again.
 set -euo pipefail
 
-# Debian packages Palisade needs (none yet beyond the Rust toolchain; the packet path adds
-# clang, libbpf-dev, libelf-dev, iproute2 and nftables here).
-PACKAGES=()
+# Debian packages Palisade needs:
+# - building the XDP program and the AF_XDP crates: clang llvm libelf-dev zlib1g-dev pkg-config libbpf-dev m4 make
+# - the lab, tests and benchmarks: iproute2 (netns, veth), ethtool, nftables (baseline), iputils-ping, procps
+# - the control plane's datastore: etcd-server (tests start it on loopback)
+PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config libbpf-dev m4 make
+  iproute2 ethtool nftables iputils-ping procps etcd-server)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
