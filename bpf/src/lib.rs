@@ -95,7 +95,11 @@ impl Redirector {
     pub fn load() -> Result<Redirector, Error> {
         let open = ObjectBuilder::default().open_memory(OBJECT).map_err(|e| err("opening the XDP object", e))?;
         let object = open.load().map_err(|e| err("loading the XDP program (needs root and a BPF-enabled kernel)", e))?;
-        Ok(Redirector { object, attached: HashMap::new(), free_bases: (0..SOCKET_SLOTS / SLOTS_PER_INTERFACE).rev().map(|i| i * SLOTS_PER_INTERFACE).collect() })
+        Ok(Redirector {
+            object,
+            attached: HashMap::new(),
+            free_bases: (0..SOCKET_SLOTS / SLOTS_PER_INTERFACE).rev().map(|i| i * SLOTS_PER_INTERFACE).collect(),
+        })
     }
 
     fn map(&self, name: &str) -> libbpf_rs::Map<'_> {

@@ -43,7 +43,29 @@ fn counter(r: &Redirector, name: &str) -> u64 {
 fn attaches_counts_and_detaches() {
     let pid = std::process::id() % 100000;
     let (a, b) = (Netns::new(&format!("pbt{pid}a")), Netns::new(&format!("pbt{pid}b")));
-    run(&["ip", "link", "add", "xa", "netns", &a.0, "numtxqueues", "2", "numrxqueues", "2", "type", "veth", "peer", "name", "xb", "netns", &b.0, "numtxqueues", "2", "numrxqueues", "2"]);
+    run(&[
+        "ip",
+        "link",
+        "add",
+        "xa",
+        "netns",
+        &a.0,
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "xb",
+        "netns",
+        &b.0,
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+    ]);
     run(&["ip", "-n", &a.0, "addr", "add", "10.99.0.1/24", "dev", "xa"]);
     run(&["ip", "-n", &b.0, "addr", "add", "10.99.0.2/24", "dev", "xb"]);
     run(&["ip", "-n", &a.0, "link", "set", "xa", "up"]);
@@ -59,14 +81,20 @@ fn attaches_counts_and_detaches() {
         assert_eq!(r.attach("xa", 2, Mode::All).unwrap(), AttachMode::Native, "veth supports native XDP");
         assert!(r.attach("xa", 2, Mode::All).is_err(), "double attach is refused");
         // ARP passes (ping resolves the neighbour), IP is dropped: no socket is registered.
-        let ping = Command::new("ip").args(["netns", "exec", &format!("{}b", &ns[..ns.len() - 1]), "ping", "-c", "2", "-i", "0.2", "-W", "1", "10.99.0.1"]).output().unwrap();
+        let ping = Command::new("ip")
+            .args(["netns", "exec", &format!("{}b", &ns[..ns.len() - 1]), "ping", "-c", "2", "-i", "0.2", "-W", "1", "10.99.0.1"])
+            .output()
+            .unwrap();
         assert!(!ping.status.success(), "IP without a socket must be dropped");
         assert!(counter(&r, "pass_not_ip") >= 1, "ARP was passed to the kernel");
         assert!(counter(&r, "drop_no_socket") >= 2, "echo requests were dropped: {:?}", r.counters());
         let neigh = run(&["ip", "neigh", "show", "dev", "xa"]);
         assert!(neigh.contains("10.99.0.2"), "the kernel learned the peer through ARP: {neigh}");
         r.detach("xa").unwrap();
-        let ping = Command::new("ip").args(["netns", "exec", &format!("{}b", &ns[..ns.len() - 1]), "ping", "-c", "1", "-W", "1", "10.99.0.1"]).output().unwrap();
+        let ping = Command::new("ip")
+            .args(["netns", "exec", &format!("{}b", &ns[..ns.len() - 1]), "ping", "-c", "1", "-W", "1", "10.99.0.1"])
+            .output()
+            .unwrap();
         assert!(ping.status.success(), "after detach the kernel answers again");
     })
     .join()

@@ -11,6 +11,8 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod lab_cmd;
+
 #[derive(Parser)]
 #[command(name = "palisadectl", version, about = "Palisade: evaluate, trace and manage Calico / Kubernetes network policy")]
 struct Cli {
@@ -67,6 +69,46 @@ enum Command {
         #[arg(long)]
         icmp_code: Option<i64>,
     },
+    /// Bring up a lab from the state's pods (a network namespace each, veths to a node
+    /// namespace), run palisade-dataplane on it, listen in every pod on its container ports,
+    /// connect from every pod (and an external host) to every other, and print who reached whom.
+    /// With --step, apply more manifests one after another while it runs and print the matrix
+    /// after each. Everything is torn down after. Needs root.
+    Probe {
+        /// Manifest files or directories: the cluster state, pods included.
+        #[arg(long, required = true, num_args = 1..)]
+        state: Vec<PathBuf>,
+        /// Manifests added to the state (cumulatively) after the first matrix; repeatable.
+        #[arg(long)]
+        step: Vec<PathBuf>,
+        /// Ports to listen on and probe in every pod, instead of each pod's container ports.
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+        /// Protocols for --ports: TCP, UDP, SCTP, ICMP.
+        #[arg(long, value_delimiter = ',', default_value = "TCP")]
+        protocols: Vec<String>,
+        /// Output format: a truth table per port (`.` connected, `X` blocked) or JSON lines.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+        /// Time-out of each probe, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// RX queues per interface (dataplane workers).
+        #[arg(long, default_value_t = 2)]
+        queues: u32,
+        /// Do not probe from the external host.
+        #[arg(long)]
+        no_external: bool,
+    },
+    /// Show the counters of a running palisade-dataplane.
+    Stats {
+        /// Its stats socket.
+        #[arg(long, default_value = "/run/palisade/dataplane.sock")]
+        socket: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Test selectors: reads `{"selector": "...", "labels": {...}}` lines, prints `{"match": bool}`
     /// or `{"error": "..."}` for each.
     Selector {
@@ -86,6 +128,17 @@ fn main() -> ExitCode {
             trace(&state, &spec)
         }
         Command::Selector { file } => selector(file),
+        Command::Probe { state, step, ports, protocols, output, timeout_ms, queues, no_external } => lab_cmd::probe(lab_cmd::ProbeArgs {
+            state,
+            steps: step,
+            ports,
+            protocols,
+            json: matches!(output, Output::Json),
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            queues,
+            external: !no_external,
+        }),
+        Command::Stats { socket, output } => lab_cmd::stats(&socket, matches!(output, Output::Json)),
     };
     match result {
         Ok(code) => code,

@@ -378,6 +378,32 @@ impl Endpoint {
     }
 }
 
+/// The host-side interface name of a workload endpoint named `namespace/name`: `pal` and 11 hex
+/// digits of a stable hash of the name (Calico's `cali` + hash scheme, within IFNAMSIZ). The lab
+/// creates the interface under this name and the dataplane finds the endpoint by it.
+pub fn workload_interface(endpoint: &str) -> String {
+    format!("pal{:011x}", name_hash(endpoint) >> 20)
+}
+
+/// The MAC address of a workload's own interface (`eth0` in the pod): locally administered,
+/// unicast, derived from the same hash, so the lab (our CNI) and the dataplane agree on it.
+pub fn workload_mac(endpoint: &str) -> [u8; 6] {
+    let h = name_hash(endpoint).to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// FNV-1a, 64 bits, then MurmurHash3's finaliser so that names differing in their last
+/// character differ in every output bit. Stable across Rust versions and machines (unlike
+/// `DefaultHasher`).
+fn name_hash(s: &str) -> u64 {
+    let mut h = s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// A NetworkSet or GlobalNetworkSet: labelled CIDRs that rule selectors can match.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NetworkSet {

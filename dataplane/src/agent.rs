@@ -1,0 +1,327 @@
+//! The node agent in standalone mode: reads the cluster state from manifest files, compiles it,
+//! and keeps the packet path in step — XDP on each local workload's interface and the uplink,
+//! one AF_XDP socket per (interface, queue) handed to that queue's worker, and a new
+//! [`Snapshot`] published by an atomic swap whenever the state changes. A state that fails to
+//! load is reported and ignored: the last good one stays enforced.
+
+use crate::afxdp::QueueSocket;
+use crate::compile::Compiler;
+use crate::conntrack::{self, ConnTrack};
+use crate::datapath::{Datapath, Interface, LocalEndpoint, Mac, Role, Snapshot};
+use crate::stats::{self, WorkerStats};
+use crate::worker::{Command, Wait, Worker};
+use arc_swap::ArcSwap;
+use crossbeam_channel::Sender;
+use palisade_bpf::{Mode, Redirector};
+use palisade_policy::model::{workload_mac, Cluster, Direction, EndpointKind};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How to run the agent.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Manifest files and directories (the cluster state); watched for changes.
+    pub state: Vec<PathBuf>,
+    /// RX queues per interface (one worker each).
+    pub queues: u32,
+    /// Only endpoints of this node (all endpoints when unset).
+    pub node: Option<String>,
+    /// The uplink interface and its gateway's MAC.
+    pub uplink: Option<(String, Mac)>,
+    /// How workers wait for packets.
+    pub wait: Wait,
+    /// Where to serve counters as JSON (`palisadectl stats`).
+    pub stats_socket: Option<PathBuf>,
+    /// Connection-table capacity.
+    pub conntrack_capacity: usize,
+}
+
+/// What the agent reports about itself.
+#[derive(Debug, Default, Serialize)]
+pub struct Status {
+    /// Revision of the enforced state (1 = first load).
+    pub revision: u64,
+    /// The last state load that failed, if it is newer than the enforced one.
+    pub last_error: Option<String>,
+    /// Interfaces with XDP attached, and how the kernel runs it.
+    pub interfaces: BTreeMap<String, String>,
+    /// Local endpoints enforced.
+    pub endpoints: Vec<String>,
+    /// Endpoints of this node whose interface does not exist (inactive: their traffic cannot arrive).
+    pub missing_interfaces: Vec<String>,
+}
+
+/// The JSON served on the stats socket.
+#[derive(Serialize)]
+struct StatsDoc<'a> {
+    status: &'a Status,
+    packets: stats::Report,
+    xdp: BTreeMap<&'static str, u64>,
+    conntrack: conntrack::CtStats,
+}
+
+struct Agent {
+    config: Config,
+    redirector: Redirector,
+    compiler: Compiler,
+    workers: Vec<Sender<Command>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Interfaces with XDP and sockets: name → ifindex.
+    attached: HashMap<String, u32>,
+    owned: HashSet<IpAddr>,
+    status: Arc<Mutex<Status>>,
+}
+
+/// Runs the agent until `stop` is set; returns an error if the first state cannot be loaded
+/// or the packet path cannot be set up.
+pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let cluster = palisade_policy::load_cluster(&config.state).map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
+    let conntrack = Arc::new(ConnTrack::new(conntrack::Config { capacity: config.conntrack_capacity, timeouts: Default::default() }));
+    let datapath = Arc::new(Datapath::new(conntrack.clone()));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let epoch = Instant::now();
+    let mut handles = Vec::new();
+    let mut workers = Vec::new();
+    let mut worker_stats = Vec::new();
+    for q in 0..config.queues {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let st = Arc::new(WorkerStats::default());
+        let w = Worker::new(rx, snapshot.clone(), datapath.clone(), st.clone(), config.wait, epoch);
+        handles.push(std::thread::Builder::new().name(format!("palisade-q{q}")).spawn(move || w.run()).map_err(|e| e.to_string())?);
+        workers.push(tx);
+        worker_stats.push(st);
+    }
+    let status = Arc::new(Mutex::new(Status::default()));
+    let mut agent = Agent {
+        redirector: Redirector::load().map_err(|e| e.to_string())?,
+        config: config.clone(),
+        compiler: Compiler::new(),
+        workers,
+        snapshot: snapshot.clone(),
+        attached: HashMap::new(),
+        owned: HashSet::new(),
+        status: status.clone(),
+    };
+    if let Some((uplink, _)) = &config.uplink {
+        agent.attach(uplink, Mode::Owned)?;
+    }
+    agent.apply(&cluster, 1)?;
+    let redirector_counters = Arc::new(Mutex::new(BTreeMap::new()));
+    if let Some(path) = &config.stats_socket {
+        serve_stats(path.clone(), status.clone(), worker_stats.clone(), redirector_counters.clone(), conntrack.clone(), stop.clone())?;
+    }
+    eprintln!("palisade-dataplane: enforcing revision 1 ({} endpoints, {} queues)", snapshot.load().endpoints.len(), config.queues);
+
+    let mut stamp = state_stamp(&config.state);
+    let mut cluster = cluster;
+    let mut revision = 1;
+    let mut last_sweep = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok(c) = agent.redirector.counters() {
+            *redirector_counters.lock().expect("lock") = c.into_iter().collect();
+        }
+        if last_sweep.elapsed() > Duration::from_secs(1) {
+            conntrack.expire(epoch.elapsed().as_nanos() as u64);
+            last_sweep = Instant::now();
+        }
+        let now = state_stamp(&config.state);
+        let missing = !status.lock().expect("lock").missing_interfaces.is_empty();
+        if now == stamp && !missing {
+            continue;
+        }
+        if now != stamp {
+            stamp = now;
+            match palisade_policy::load_cluster(&config.state) {
+                Ok(c) => {
+                    // Rules of any policy may have changed: recompile everything (the compiler
+                    // still shares identical chains and reuses IP sets).
+                    agent.compiler = Compiler::new();
+                    cluster = c;
+                }
+                Err(errs) => {
+                    let msg = errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+                    eprintln!("palisade-dataplane: rejected the new state, still enforcing revision {revision}:\n{msg}");
+                    status.lock().expect("lock").last_error = Some(msg);
+                    continue;
+                }
+            }
+        }
+        revision += 1;
+        match agent.apply(&cluster, revision) {
+            Ok(()) => eprintln!("palisade-dataplane: enforcing revision {revision}"),
+            Err(e) => eprintln!("palisade-dataplane: applying revision {revision}: {e}"),
+        }
+    }
+    drop(agent); // closes the worker channels and detaches XDP
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+impl Agent {
+    fn attach(&mut self, name: &str, mode: Mode) -> Result<u32, String> {
+        if let Some(&i) = self.attached.get(name) {
+            return Ok(i);
+        }
+        let how = self.redirector.attach(name, self.config.queues, mode).map_err(|e| e.to_string())?;
+        let ifindex = palisade_bpf::ifindex(name).map_err(|e| e.to_string())?;
+        for (q, worker) in self.workers.iter().enumerate() {
+            let s = QueueSocket::open(name, q as u32).map_err(|e| e.to_string())?;
+            self.redirector.register_socket(name, q as u32, s.fd()).map_err(|e| e.to_string())?;
+            worker.send(Command::Add(ifindex, s)).map_err(|e| e.to_string())?;
+        }
+        self.attached.insert(name.to_string(), ifindex);
+        self.status.lock().expect("lock").interfaces.insert(name.to_string(), how.to_string());
+        Ok(ifindex)
+    }
+
+    fn detach(&mut self, name: &str) {
+        if let Some(ifindex) = self.attached.remove(name) {
+            for w in &self.workers {
+                let _ = w.send(Command::Remove(ifindex));
+            }
+            let _ = self.redirector.detach(name);
+            self.status.lock().expect("lock").interfaces.remove(name);
+        }
+    }
+
+    /// Compiles `cluster`, attaches to new local interfaces, detaches from gone ones, and
+    /// publishes the new snapshot.
+    fn apply(&mut self, cluster: &Cluster, revision: u64) -> Result<(), String> {
+        let programs = self.compiler.compile(cluster, self.config.node.as_deref());
+        let mut interfaces = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut missing = Vec::new();
+        let mut wanted = HashSet::new();
+        if let Some((name, gateway)) = &self.config.uplink {
+            interfaces.push(Interface {
+                name: name.clone(),
+                ifindex: self.attached[name],
+                mac: interface_mac(name)?,
+                role: Role::Uplink { gateway: *gateway },
+            });
+            wanted.insert(name.clone());
+        }
+        for ep in &cluster.endpoints {
+            let local = self.config.node.as_deref().is_none_or(|n| ep.node.as_deref() == Some(n));
+            let (EndpointKind::Workload, true, Some(ifname)) = (&ep.kind, local, &ep.interface) else { continue };
+            if palisade_bpf::ifindex(ifname).is_err() {
+                missing.push(ep.name.clone());
+                continue;
+            }
+            let ifindex = self.attach(ifname, Mode::All)?;
+            wanted.insert(ifname.clone());
+            endpoints.push(LocalEndpoint {
+                name: ep.name.clone(),
+                interface: interfaces.len(),
+                mac: workload_mac(&ep.name),
+                ips: ep.ips.iter().map(|n| n.addr()).collect(),
+                ingress: programs[&(ep.name.clone(), Direction::Ingress)].clone(),
+                egress: programs[&(ep.name.clone(), Direction::Egress)].clone(),
+            });
+            interfaces.push(Interface { name: ifname.clone(), ifindex, mac: interface_mac(ifname)?, role: Role::Workload(endpoints.len() - 1) });
+        }
+        let gone: Vec<String> = self.attached.keys().filter(|n| !wanted.contains(*n)).cloned().collect();
+        for name in gone {
+            self.detach(&name);
+        }
+        let owned: HashSet<IpAddr> = endpoints.iter().flat_map(|e| e.ips.iter().copied()).collect();
+        for ip in owned.difference(&self.owned) {
+            self.redirector.set_owned(*ip, true).map_err(|e| e.to_string())?;
+        }
+        for ip in self.owned.difference(&owned) {
+            self.redirector.set_owned(*ip, false).map_err(|e| e.to_string())?;
+        }
+        self.owned = owned;
+        let names = endpoints.iter().map(|e| e.name.clone()).collect();
+        self.snapshot.store(Arc::new(Snapshot::new(revision, interfaces, endpoints)));
+        let mut st = self.status.lock().expect("lock");
+        st.revision = revision;
+        st.last_error = None;
+        st.endpoints = names;
+        st.missing_interfaces = missing;
+        Ok(())
+    }
+}
+
+/// The MAC address of a local interface.
+fn interface_mac(name: &str) -> Result<Mac, String> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).map_err(|e| format!("reading the MAC of {name}: {e}"))?;
+    parse_mac(text.trim()).ok_or_else(|| format!("interface {name} has no Ethernet address"))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    parts.try_into().ok()
+}
+
+/// Modification times and sizes of every file under the state paths: a change in any is a
+/// change of state. (Polling a handful of files every 200 ms costs nothing and works on every
+/// filesystem.)
+fn state_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let mut stack = vec![p.clone()];
+        while let Some(p) = stack.pop() {
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if let Ok(rd) = std::fs::read_dir(&p) {
+                        stack.extend(rd.flatten().map(|e| e.path()));
+                    }
+                    out.push((p, m.modified().ok(), 0));
+                }
+                Ok(m) => out.push((p, m.modified().ok(), m.len())),
+                Err(_) => out.push((p, None, 0)),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn serve_stats(
+    path: PathBuf,
+    status: Arc<Mutex<Status>>,
+    workers: Vec<Arc<WorkerStats>>,
+    xdp: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    conntrack: Arc<ConnTrack>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| format!("stats socket {}: {e}", path.display()))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("palisade-stats".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let status = status.lock().expect("lock");
+                        let doc = StatsDoc {
+                            status: &status,
+                            packets: stats::report(&workers),
+                            xdp: xdp.lock().expect("lock").clone(),
+                            conntrack: conntrack.stats(),
+                        };
+                        let _ = serde_json::to_writer(&mut conn, &doc);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

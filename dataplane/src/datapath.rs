@@ -1,0 +1,175 @@
+//! The per-packet decision, independent of sockets: parse, connection tracking, the policy of
+//! the source endpoint (egress) and of the destination endpoint (ingress), then the L3 route
+//! with its MAC rewrite and TTL decrement. Workers call [`Datapath::decide`] for every frame.
+//!
+//! Paths, as on a Calico node:
+//! - workload → local workload: source egress, then destination ingress;
+//! - workload → elsewhere: source egress, out of the uplink to its gateway;
+//! - uplink → local workload: destination ingress.
+//!
+//! A packet from a workload interface whose source address is not that workload's is dropped
+//! (Calico's anti-spoofing check); a packet for an address the node has no route for is dropped.
+
+use crate::compile::Program;
+use crate::conntrack::{ConnTrack, Track};
+use crate::packet::{self, ForwardError, Packet};
+use crate::stats::{Drop, WorkerStats};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// What an interface is to the dataplane.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// The host side of a workload's veth; the index is into [`Snapshot::endpoints`].
+    Workload(usize),
+    /// The node's uplink: traffic to non-local addresses leaves here, to `gateway`.
+    Uplink {
+        /// The next hop's MAC address.
+        gateway: Mac,
+    },
+}
+
+/// An interface the dataplane receives from and transmits on.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    /// Name in the node's namespace.
+    pub name: String,
+    /// Kernel interface index.
+    pub ifindex: u32,
+    /// Its own MAC (the source of frames we transmit on it).
+    pub mac: Mac,
+    /// Workload or uplink.
+    pub role: Role,
+}
+
+/// A workload endpoint on this node, with its compiled policy.
+#[derive(Clone, Debug)]
+pub struct LocalEndpoint {
+    /// `namespace/name`.
+    pub name: String,
+    /// Index into [`Snapshot::interfaces`].
+    pub interface: usize,
+    /// The workload's own MAC (destination of frames delivered to it).
+    pub mac: Mac,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+    /// Policy for traffic it receives.
+    pub ingress: Arc<Program>,
+    /// Policy for traffic it sends.
+    pub egress: Arc<Program>,
+}
+
+/// Everything a worker needs to decide, published as a whole by an atomic pointer swap.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Monotonic revision of the applied state.
+    pub revision: u64,
+    /// Interfaces, by position.
+    pub interfaces: Vec<Interface>,
+    /// Local workload endpoints.
+    pub endpoints: Vec<LocalEndpoint>,
+    by_ifindex: HashMap<u32, usize>,
+    by_ip: HashMap<IpAddr, usize>,
+    uplink: Option<usize>,
+}
+
+impl Snapshot {
+    /// Builds the lookup tables for these interfaces and endpoints.
+    pub fn new(revision: u64, interfaces: Vec<Interface>, endpoints: Vec<LocalEndpoint>) -> Snapshot {
+        let by_ifindex = interfaces.iter().enumerate().map(|(i, f)| (f.ifindex, i)).collect();
+        let by_ip = endpoints.iter().enumerate().flat_map(|(i, e)| e.ips.iter().map(move |ip| (*ip, i))).collect();
+        let uplink = interfaces.iter().position(|f| matches!(f.role, Role::Uplink { .. }));
+        Snapshot { revision, interfaces, endpoints, by_ifindex, by_ip, uplink }
+    }
+
+    /// The local endpoint owning `ip`.
+    pub fn endpoint_of(&self, ip: IpAddr) -> Option<&LocalEndpoint> {
+        self.by_ip.get(&ip).map(|&i| &self.endpoints[i])
+    }
+}
+
+/// What to do with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the (rewritten) frame on this interface index.
+    Forward(u32),
+    /// Drop it, for this reason.
+    Drop(Drop),
+}
+
+/// The decision logic shared by all workers.
+pub struct Datapath {
+    conntrack: Arc<ConnTrack>,
+}
+
+impl Datapath {
+    /// A datapath tracking connections in `conntrack`.
+    pub fn new(conntrack: Arc<ConnTrack>) -> Datapath {
+        Datapath { conntrack }
+    }
+
+    /// Decides the fate of `frame`, received on `ifindex` at `now` (monotonic ns), and
+    /// rewrites it for forwarding when allowed.
+    pub fn decide(&self, snap: &Snapshot, ifindex: u32, frame: &mut [u8], now: u64, stats: &WorkerStats) -> Verdict {
+        let Some(&in_if) = snap.by_ifindex.get(&ifindex) else { return Verdict::Drop(Drop::UnknownInterface) };
+        let pkt = match packet::parse(frame) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Drop(Drop::Malformed(e.name())),
+        };
+        let src = match snap.interfaces[in_if].role {
+            Role::Workload(e) if snap.by_ip.get(&pkt.src) == Some(&e) => Some(e),
+            Role::Workload(_) => return Verdict::Drop(Drop::Spoofed),
+            Role::Uplink { .. } if snap.by_ip.contains_key(&pkt.src) => return Verdict::Drop(Drop::Spoofed),
+            Role::Uplink { .. } => None,
+        };
+        let dst = snap.by_ip.get(&pkt.dst).copied();
+        let (out_if, dst_mac) = match (dst, snap.uplink) {
+            (Some(e), _) => (snap.endpoints[e].interface, snap.endpoints[e].mac),
+            (None, Some(u)) if src.is_some() => match snap.interfaces[u].role {
+                Role::Uplink { gateway } => (u, gateway),
+                Role::Workload(_) => unreachable!("the uplink index points at the uplink"),
+            },
+            (None, _) => return Verdict::Drop(Drop::NoRoute),
+        };
+        match self.conntrack.track(&pkt, now) {
+            Track::Established { .. } | Track::Related { .. } => stats.count_tracked(),
+            Track::Invalid(why) => return Verdict::Drop(Drop::Invalid(why)),
+            Track::New { .. } => {
+                if let Some(v) = self.admit(snap, &pkt, src, dst, now, stats) {
+                    return v;
+                }
+            }
+        }
+        let out = &snap.interfaces[out_if];
+        match packet::rewrite_for_forward(frame, &pkt, out.mac, dst_mac) {
+            Ok(()) => Verdict::Forward(out.ifindex),
+            Err(ForwardError::TtlExceeded) => Verdict::Drop(Drop::TtlExceeded),
+            Err(ForwardError::FrameMismatch) => Verdict::Drop(Drop::Malformed("frame_mismatch")),
+        }
+    }
+
+    /// Runs the policy of a new flow; `None` if allowed (and now tracked).
+    fn admit(&self, snap: &Snapshot, pkt: &Packet, src: Option<usize>, dst: Option<usize>, now: u64, stats: &WorkerStats) -> Option<Verdict> {
+        let flow = pkt.flow();
+        let mut tag = 0;
+        for (endpoint, egress) in [(src, true), (dst, false)] {
+            let Some(e) = endpoint else { continue };
+            let ep = &snap.endpoints[e];
+            let program = if egress { &ep.egress } else { &ep.ingress };
+            let c = program.classify(&flow);
+            stats.count_rule(program, &c);
+            if !c.allowed {
+                return Some(Verdict::Drop(Drop::Policy));
+            }
+            tag = c.decided_by;
+        }
+        match self.conntrack.commit(pkt, now, tag) {
+            Ok(()) => None,
+            Err(_) => Some(Verdict::Drop(Drop::ConntrackFull)),
+        }
+    }
+}

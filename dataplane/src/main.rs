@@ -1,0 +1,78 @@
+//! `palisade-dataplane`: the node agent and its packet workers.
+
+use clap::Parser;
+use palisade_dataplane::agent::{self, parse_mac, Config};
+use palisade_dataplane::worker::Wait;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Enforce Kubernetes and Calico network policy on this node's workload interfaces with XDP and
+/// AF_XDP. Standalone mode: the cluster state comes from manifest files, watched for changes.
+#[derive(Parser)]
+#[command(name = "palisade-dataplane", version)]
+struct Args {
+    /// Manifest files or directories holding the cluster state (Pods, Namespaces, policies, ...).
+    #[arg(long = "state", required = true)]
+    state: Vec<PathBuf>,
+    /// RX queues per interface, one worker thread each.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// Enforce only the endpoints of this node (default: every endpoint whose interface exists here).
+    #[arg(long)]
+    node: Option<String>,
+    /// The uplink interface: traffic to non-local addresses leaves through it.
+    #[arg(long, requires = "gateway_mac")]
+    uplink: Option<String>,
+    /// MAC address of the uplink's next hop (aa:bb:cc:dd:ee:ff).
+    #[arg(long)]
+    gateway_mac: Option<String>,
+    /// Spin on the rings instead of sleeping in poll() when idle.
+    #[arg(long)]
+    busy_poll: bool,
+    /// Unix socket serving counters as JSON (read it with `palisadectl stats`).
+    #[arg(long, default_value = "/run/palisade/dataplane.sock")]
+    stats_socket: PathBuf,
+    /// Most connections tracked at once.
+    #[arg(long, default_value_t = 1 << 20)]
+    conntrack_capacity: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let uplink = match (args.uplink, args.gateway_mac) {
+        (Some(u), Some(m)) => match parse_mac(&m) {
+            Some(mac) => Some((u, mac)),
+            None => {
+                eprintln!("palisade-dataplane: --gateway-mac {m:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    if args.queues == 0 {
+        eprintln!("palisade-dataplane: --queues must be at least 1");
+        return ExitCode::from(2);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
+    }
+    let config = Config {
+        state: args.state,
+        queues: args.queues,
+        node: args.node,
+        uplink,
+        wait: if args.busy_poll { Wait::BusyPoll } else { Wait::Wakeup },
+        stats_socket: Some(args.stats_socket),
+        conntrack_capacity: args.conntrack_capacity,
+    };
+    match agent::run(config, stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade-dataplane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Counters: each worker writes its own (relaxed atomics, no sharing on the hot path); readers
+//! sum them while traffic runs.
+
+use crate::compile::{Classification, Program};
+use palisade_policy::eval::Decision;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Why a frame was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// Unparseable or truncated; the parser's reason.
+    Malformed(&'static str),
+    /// Rejected by connection tracking (e.g. a TCP packet that fits no connection).
+    Invalid(&'static str),
+    /// Denied by policy.
+    Policy,
+    /// No local endpoint and no uplink for the destination.
+    NoRoute,
+    /// Received on an interface the dataplane does not manage.
+    UnknownInterface,
+    /// A workload sent with a source address that is not its own.
+    Spoofed,
+    /// TTL or hop limit ran out.
+    TtlExceeded,
+    /// The connection table is full.
+    ConntrackFull,
+    /// No transmit frame or socket for the output interface.
+    TxFull,
+}
+
+impl Drop {
+    /// The counter name.
+    pub fn name(&self) -> String {
+        match self {
+            Drop::Malformed(why) => format!("malformed_{why}"),
+            Drop::Invalid(why) => format!("invalid_{why}"),
+            Drop::Policy => "policy".into(),
+            Drop::NoRoute => "no_route".into(),
+            Drop::UnknownInterface => "unknown_interface".into(),
+            Drop::Spoofed => "spoofed".into(),
+            Drop::TtlExceeded => "ttl_exceeded".into(),
+            Drop::ConntrackFull => "conntrack_full".into(),
+            Drop::TxFull => "tx_full".into(),
+        }
+    }
+}
+
+/// Identity of a compiled program, for per-rule counters (programs live as long as a key does).
+#[derive(Clone)]
+struct ProgramKey(Arc<Program>);
+
+impl PartialEq for ProgramKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for ProgramKey {}
+impl std::hash::Hash for ProgramKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        Arc::as_ptr(&self.0).hash(h)
+    }
+}
+
+/// One worker's counters.
+#[derive(Default)]
+pub struct WorkerStats {
+    rx: AtomicU64,
+    tx: AtomicU64,
+    allowed_new: AtomicU64,
+    tracked: AtomicU64,
+    drops: Mutex<HashMap<Drop, u64>>,
+    rules: Mutex<HashMap<(ProgramKey, u32, bool), u64>>,
+}
+
+impl WorkerStats {
+    /// Counts received frames.
+    pub fn count_rx(&self, n: usize) {
+        self.rx.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Counts a transmitted frame.
+    pub fn count_tx(&self) {
+        self.tx.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a packet of a tracked (established or related) flow.
+    pub fn count_tracked(&self) {
+        self.tracked.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a dropped frame. Drops are the exceptional path; a mutex held by one writer is
+    /// uncontended but for readers.
+    pub fn count_drop(&self, why: Drop) {
+        *self.drops.lock().expect("stats lock").entry(why).or_default() += 1;
+    }
+
+    /// Counts a new flow's classification by one program under its deciding rule.
+    pub fn count_rule(&self, program: &Arc<Program>, c: &Classification) {
+        if c.allowed {
+            self.allowed_new.fetch_add(1, Relaxed);
+        }
+        *self.rules.lock().expect("stats lock").entry((ProgramKey(program.clone()), c.decided_by, c.allowed)).or_default() += 1;
+    }
+}
+
+/// A readable summary of all workers' counters.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Frames received from AF_XDP sockets.
+    pub rx: u64,
+    /// Frames transmitted.
+    pub tx: u64,
+    /// Packets of tracked flows (no policy lookup).
+    pub tracked: u64,
+    /// New flows allowed by a program (counted per program: source egress and destination ingress).
+    pub allowed_new: u64,
+    /// Drops by reason.
+    pub drops: BTreeMap<String, u64>,
+    /// Classifications by deciding rule: `"<decision> <allow|deny>"` → count.
+    pub rules: BTreeMap<String, u64>,
+}
+
+/// Sums the counters of `workers`.
+pub fn report(workers: &[Arc<WorkerStats>]) -> Report {
+    let mut r = Report::default();
+    for w in workers {
+        r.rx += w.rx.load(Relaxed);
+        r.tx += w.tx.load(Relaxed);
+        r.tracked += w.tracked.load(Relaxed);
+        r.allowed_new += w.allowed_new.load(Relaxed);
+        for (d, n) in w.drops.lock().expect("stats lock").iter() {
+            *r.drops.entry(d.name()).or_default() += n;
+        }
+        for ((p, entry, allowed), n) in w.rules.lock().expect("stats lock").iter() {
+            let c = Classification { allowed: *allowed, decided_by: *entry, matched: Vec::new() };
+            let key = format!("{} {}", describe(&p.0.decision(&c)), if *allowed { "allow" } else { "deny" });
+            *r.rules.entry(key).or_default() += n;
+        }
+    }
+    r
+}
+
+/// A decision in one line: `tier/policy rule N`, `tier T default`, `profile P rule N`.
+pub fn describe(d: &Decision) -> String {
+    match d {
+        Decision::Rule(r) => format!("{}/{} rule {}", r.tier.as_deref().unwrap_or("-"), r.policy, r.rule),
+        Decision::TierDefault { tier } => format!("tier {tier} default"),
+        Decision::Profile(r) => format!("profile {} rule {}", r.policy, r.rule),
+        Decision::NoProfileMatch => "no profile match".into(),
+    }
+}

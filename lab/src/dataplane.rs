@@ -1,0 +1,113 @@
+//! Runs `palisade-dataplane` in a lab's node namespace, watching a state directory that the
+//! caller changes, and waits until a given state revision is enforced.
+
+use crate::{Lab, EXT_MAC};
+use serde_json::Value;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running dataplane; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Dataplane {
+    child: Child,
+    stats: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Dataplane {
+    /// Starts `binary` in the lab's node namespace on every pod interface and the uplink, with
+    /// `queues` workers, reading the cluster state from `state`; returns once the first state
+    /// is enforced on every pod of the lab.
+    pub fn start(binary: &Path, lab: &Lab, state: &Path, queues: u32) -> Result<Dataplane, String> {
+        let stats = PathBuf::from(format!("/run/palisade/{}.sock", lab.node_netns()));
+        let gateway = EXT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", lab.node_netns()])
+            .arg(binary)
+            .arg("--state")
+            .arg(state)
+            .args(["--queues", &queues.to_string(), "--uplink", lab.uplink(), "--gateway-mac", &gateway, "--stats-socket"])
+            .arg(&stats)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = err.read(&mut buf) {
+                    log.lock().expect("log lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut dp = Dataplane { child, stats, log };
+        dp.wait_for(1, Duration::from_secs(20))?;
+        Ok(dp)
+    }
+
+    /// The counters and status the dataplane serves (see `palisadectl stats`).
+    pub fn stats(&self) -> Result<Value, String> {
+        read_stats(&self.stats)
+    }
+
+    /// Waits until revision `revision` (or a later one) is enforced with no missing interface.
+    pub fn wait_for(&mut self, revision: u64, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!("palisade-dataplane exited ({status}):\n{}", self.log()));
+            }
+            if let Ok(v) = self.stats() {
+                let st = &v["status"];
+                if st["revision"].as_u64().unwrap_or(0) >= revision && st["missing_interfaces"].as_array().is_some_and(|m| m.is_empty()) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("palisade-dataplane did not enforce revision {revision} within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// The revision it enforces now.
+    pub fn revision(&self) -> u64 {
+        self.stats().ok().and_then(|v| v["status"]["revision"].as_u64()).unwrap_or(0)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the JSON a dataplane serves on its stats socket.
+pub fn read_stats(socket: &Path) -> Result<Value, String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| format!("reading {}: {e}", socket.display()))?;
+    serde_json::from_str(&buf).map_err(|e| format!("stats from {}: {e}", socket.display()))
+}

@@ -1,0 +1,30 @@
+//! A network lab on one machine for testing the Palisade dataplane, made of network namespaces and veths.
+//!
+//! [`Lab`] lays out one node the way Calico does (pods routed over point-to-point veths with proxy ARP, an
+//! uplink to an external namespace) and fails closed until a dataplane forwards. [`Listeners`] and [`probe`]
+//! check reachability with TCP, UDP, SCTP and ICMP over IPv4 and IPv6 without subprocesses: sockets are
+//! opened inside a namespace with [`run_in`]. Everything created is removed by guards on drop, panics included.
+//! [`dataplane::Dataplane`] runs `palisade-dataplane` on a lab, and [`matrix`] probes every pod from every other.
+
+pub mod dataplane;
+mod error;
+pub mod matrix;
+mod netns;
+mod probe;
+mod sock;
+mod topology;
+mod wire;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use error::LabError;
+pub use netns::{exec_in, ip, ip_in, run_in, sysctl_in, Netns};
+pub use probe::{probe, Listeners, Protocol};
+pub use topology::{Lab, LabSpec, PodSpec, EXT_MAC};
+
+/// A name unique to this process and call, `<tag><pid mod 10000, 4 digits><counter>`: with a tag of up to
+/// 3 characters it is short enough for a [`LabSpec::name`] while parallel tests run.
+pub fn unique_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}{:04}{}", std::process::id() % 10_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
