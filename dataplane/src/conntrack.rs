@@ -15,16 +15,13 @@
 
 use crate::packet::{tcp_flags, FlowTuple, Fragment, IcmpKind, Packet};
 use dashmap::DashMap;
+use palisade_policy::model::proto::{ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, TCP as PROTO_TCP, UDP as PROTO_UDP};
 use serde::Serialize;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
 /// Entries that a [`ConnTrack::commit`] into a full table looks at, at most, for expired ones.
 const EVICT_SCAN: usize = 256;
 /// Expired entries that one such look removes, at most.
@@ -764,7 +761,7 @@ mod tests {
             fragment: Duration::from_secs(9),
         };
         let conn = Conn { client: A, server: B };
-        let sctp = Packet { sctp_chunk: Some(1), ..packet(A, 1, B, 2, crate::packet::PROTO_SCTP) };
+        let sctp = Packet { sctp_chunk: Some(1), ..packet(A, 1, B, 2, palisade_policy::model::proto::SCTP) };
         let cases = [
             (conn.c2s(SYN), defaults.tcp_syn, custom.tcp_syn),
             (conn.c2s(ACK), defaults.tcp_established, custom.tcp_established),

@@ -7,6 +7,7 @@
 //! nothing, allocates nothing and never panics: every length is checked before it is used.
 
 use palisade_policy::eval::Flow;
+use palisade_policy::model::proto::SCTP as PROTO_SCTP;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader,
     Ipv6Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN,
@@ -28,9 +29,6 @@ pub mod tcp_flags {
     /// The urgent pointer is valid.
     pub const URG: u8 = 0x20;
 }
-
-/// IP protocol number of SCTP (smoltcp has no SCTP support).
-pub const PROTO_SCTP: u8 = 132;
 
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const VLAN_TAG_LEN: usize = 4;
