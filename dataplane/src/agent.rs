@@ -75,6 +75,8 @@ struct Agent {
     /// Interfaces with XDP and sockets: name → ifindex.
     attached: HashMap<String, u32>,
     owned: HashSet<IpAddr>,
+    /// Interfaces of local endpoints that do not exist yet: the state is applied again when one appears.
+    awaited: Vec<String>,
     status: Arc<Mutex<Status>>,
 }
 
@@ -106,6 +108,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         snapshot: snapshot.clone(),
         attached: HashMap::new(),
         owned: HashSet::new(),
+        awaited: Vec::new(),
         status: status.clone(),
     };
     if let Some((uplink, _)) = &config.uplink {
@@ -132,8 +135,8 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
             last_sweep = Instant::now();
         }
         let now = state_stamp(&config.state);
-        let missing = !status.lock().expect("lock").missing_interfaces.is_empty();
-        if now == stamp && !missing {
+        let appeared = agent.awaited.iter().any(|name| palisade_bpf::ifindex(name).is_ok());
+        if now == stamp && !appeared {
             continue;
         }
         if now != stamp {
@@ -200,6 +203,7 @@ impl Agent {
         let mut interfaces = Vec::new();
         let mut endpoints = Vec::new();
         let mut missing = Vec::new();
+        let mut awaited = Vec::new();
         let mut wanted = HashSet::new();
         if let Some((name, gateway)) = &self.config.uplink {
             interfaces.push(Interface {
@@ -215,6 +219,7 @@ impl Agent {
             let (EndpointKind::Workload, true, Some(ifname)) = (&ep.kind, local, &ep.interface) else { continue };
             if palisade_bpf::ifindex(ifname).is_err() {
                 missing.push(ep.name.clone());
+                awaited.push(ifname.clone());
                 continue;
             }
             let ifindex = self.attach(ifname, Mode::All)?;
@@ -248,6 +253,7 @@ impl Agent {
         st.last_error = None;
         st.endpoints = names;
         st.missing_interfaces = missing;
+        self.awaited = awaited;
         Ok(())
     }
 }

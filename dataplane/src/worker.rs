@@ -41,6 +41,7 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
     wait: Wait,
     scratch: Vec<u8>,
+    pollfds: Vec<libc::pollfd>,
     epoch: Instant,
 }
 
@@ -54,7 +55,7 @@ impl Worker {
         wait: Wait,
         epoch: Instant,
     ) -> Worker {
-        Worker { sockets: Vec::new(), commands, snapshot, datapath, stats, wait, scratch: vec![0; 4096], epoch }
+        Worker { sockets: Vec::new(), commands, snapshot, datapath, stats, wait, scratch: vec![0; 4096], pollfds: Vec::new(), epoch }
     }
 
     /// Runs until the command channel is closed.
@@ -123,7 +124,9 @@ impl Worker {
     }
 
     fn poll(&mut self) {
-        let mut fds: Vec<libc::pollfd> = self.sockets.iter().map(|(_, s)| libc::pollfd { fd: s.fd(), events: libc::POLLIN, revents: 0 }).collect();
+        let fds = &mut self.pollfds;
+        fds.clear();
+        fds.extend(self.sockets.iter().map(|(_, s)| libc::pollfd { fd: s.fd(), events: libc::POLLIN, revents: 0 }));
         if fds.is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(POLL_MS as u64));
             return;
