@@ -3,6 +3,7 @@
 //! and the criterion benches use them.
 
 pub mod classbench;
+pub mod forward;
 pub mod k8s;
 pub mod plot;
 pub mod tss;

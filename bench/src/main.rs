@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use palisade_bench::classbench::{self, Filter, Shape};
+use palisade_bench::forward::{ForwardPath, PathKind, Rig, Traffic, Window};
 use palisade_bench::{k8s, plot, tss};
 use palisade_dataplane::classifier::linear::LinearClassifier;
 use palisade_dataplane::classifier::tree::{TreeClassifier, TreeRule};
@@ -55,10 +56,73 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Packet rates (run as root): 64-byte UDP from a generator pod through the node to a sink pod,
+    /// forwarded by a bare AF_XDP forwarder, by palisade-dataplane with policies of each rule count,
+    /// and by Linux with nftables carrying the same rules (none, linear chain, set). Paths are
+    /// interleaved in each round; prints every window, then per path and traffic the median and
+    /// range and the ratios to the baselines.
+    Forward {
+        /// Rule counts of the policy (Palisade and nftables paths).
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
+        rules: Vec<usize>,
+        /// Traffic patterns.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Traffic::One, Traffic::Many, Traffic::New])]
+        traffic: Vec<Traffic>,
+        /// Paths to measure.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [PathKind::Bare, PathKind::Palisade, PathKind::Kernel, PathKind::NftLinear, PathKind::NftSet])]
+        paths: Vec<PathKind>,
+        /// Rounds (each measures every path once per traffic pattern).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Length of a measured window.
+        #[arg(long, default_value_t = 2000)]
+        window_ms: u64,
+        /// Traffic before each window.
+        #[arg(long, default_value_t = 500)]
+        warmup_ms: u64,
+        /// The palisade-dataplane binary (default: next to this one).
+        #[arg(long)]
+        dataplane: Option<PathBuf>,
+        /// Draw the summary as an SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Draws the SVG of saved results (the JSON lines of `classify` or `forward`).
+    Plot {
+        /// The saved JSON lines.
+        results: PathBuf,
+        /// The SVG to write.
+        svg: PathBuf,
+    },
 }
 
 fn main() {
-    let Command::Classify { rules, shape, size, k8s, packets, baseline_packets, write_rules, plot, seed } = Cli::parse().command;
+    let (rules, shape, size, k8s, packets, baseline_packets, write_rules, plot, seed) = match Cli::parse().command {
+        Command::Classify { rules, shape, size, k8s, packets, baseline_packets, write_rules, plot, seed } => {
+            (rules, shape, size, k8s, packets, baseline_packets, write_rules, plot, seed)
+        }
+        Command::Forward { rules, traffic, paths, rounds, window_ms, warmup_ms, dataplane, plot } => {
+            let dataplane = dataplane.unwrap_or_else(|| sibling("palisade-dataplane"));
+            let run =
+                ForwardRun { rules, traffic, paths, rounds, window: Duration::from_millis(window_ms), warmup: Duration::from_millis(warmup_ms) };
+            let summary = forward_bench(&run, &dataplane).unwrap_or_else(|e| fail(&e));
+            if let Some(path) = plot {
+                plot::draw_forward(&path, &summary).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+            }
+            return;
+        }
+        Command::Plot { results, svg } => {
+            let text = std::fs::read_to_string(&results).unwrap_or_else(|e| fail(&format!("{}: {e}", results.display())));
+            let lines: Vec<Value> = text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| fail(&format!("{} line {}: {e}", results.display(), i + 1))))
+                .collect();
+            let drawn = if lines.iter().any(|v| v["scenario"] == "forward") { plot::draw_forward(&svg, &lines) } else { plot::draw(&svg, &lines) };
+            drawn.unwrap_or_else(|e| fail(&format!("{}: {e}", svg.display())));
+            return;
+        }
+    };
     let mut results = Vec::new();
     let mut emit = |v: Value| {
         println!("{v}");
@@ -102,6 +166,79 @@ fn main() {
     if let Some(path) = plot {
         plot::draw(&path, &results).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
     }
+}
+
+/// A program installed next to this one.
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).unwrap_or_else(|| PathBuf::from(name))
+}
+
+struct ForwardRun {
+    rules: Vec<usize>,
+    traffic: Vec<Traffic>,
+    paths: Vec<PathKind>,
+    rounds: usize,
+    window: Duration,
+    warmup: Duration,
+}
+
+/// Runs the packet-rate benchmark; prints each window and the summary as JSON lines; returns the summary.
+fn forward_bench(run: &ForwardRun, dataplane: &std::path::Path) -> Result<Vec<Value>, String> {
+    if !dataplane.is_file() {
+        return Err(format!("{}: not found (build it: cargo build --release -p palisade-dataplane)", dataplane.display()));
+    }
+    let paths: Vec<ForwardPath> = run.paths.iter().flat_map(|k| k.with_rules(&run.rules)).collect();
+    let rig = Rig::up("pbench").map_err(|e| format!("lab: {e}"))?;
+    let mut windows: Vec<(ForwardPath, Traffic, Window)> = Vec::new();
+    let result = (|| {
+        for round in 0..run.rounds {
+            for &traffic in &run.traffic {
+                for &path in &paths {
+                    let w = rig
+                        .measure(path, traffic, dataplane, run.warmup, run.window)
+                        .map_err(|e| format!("{} / {}: {e}", path.name(), traffic.name()))?;
+                    println!(
+                        "{}",
+                        json!({"scenario": "forward-window", "round": round, "path": path.name(), "rules": path.rules(), "traffic": traffic.name(),
+                               "offered_pps": w.offered_pps.round(), "forwarded_pps": w.forwarded_pps.round(),
+                               "cpu_ns_per_packet": (w.cpu_ns_per_packet * 10.0).round() / 10.0, "cpu_busy": (w.cpu_busy * 1000.0).round() / 1000.0})
+                    );
+                    windows.push((path, traffic, w));
+                }
+            }
+        }
+        Ok::<(), String>(())
+    })();
+    rig.down()?;
+    result?;
+    let mut summary = Vec::new();
+    for &traffic in &run.traffic {
+        let median_of = |path: ForwardPath, f: fn(&Window) -> f64| {
+            let mut v: Vec<f64> = windows.iter().filter(|(p, t, _)| *p == path && *t == traffic).map(|(_, _, w)| f(w)).collect();
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let bare = if paths.contains(&ForwardPath::Bare) { median_of(ForwardPath::Bare, |w| w.forwarded_pps).0 } else { f64::NAN };
+        for &path in &paths {
+            let (pps, min, max) = median_of(path, |w| w.forwarded_pps);
+            let mut v = json!({
+                "scenario": "forward", "path": path.name(), "rules": path.rules(), "traffic": traffic.name(),
+                "forwarded_pps": pps.round(), "min_pps": min.round(), "max_pps": max.round(),
+                "cpu_ns_per_packet": (median_of(path, |w| w.cpu_ns_per_packet).0 * 10.0).round() / 10.0,
+                "vs_bare": (pps / bare * 1000.0).round() / 1000.0,
+                "machine": machine(), "rounds": run.rounds, "window_ms": run.window.as_millis() as u64,
+            });
+            if let ForwardPath::Palisade(n) = path {
+                for nft in [ForwardPath::NftLinear(n), ForwardPath::NftSet(n)].into_iter().filter(|p| paths.contains(p)) {
+                    v[format!("vs_{}", nft.name().trim_end_matches(&format!("-{n}-rules")).replace('-', "_"))] =
+                        json!((pps / median_of(nft, |w| w.forwarded_pps).0 * 100.0).round() / 100.0);
+                }
+            }
+            println!("{v}");
+            summary.push(v);
+        }
+    }
+    Ok(summary)
 }
 
 fn fail(msg: &str) -> ! {

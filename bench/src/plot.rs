@@ -1,5 +1,6 @@
-//! Draws benchmark results as an SVG: ns per lookup against rule count, one line per classifier
-//! and rule-set shape (ClassBench sets, in-rules trace), log scales.
+//! Draws benchmark results as SVGs: ns per lookup against rule count, one line per classifier and
+//! rule-set shape (ClassBench sets, in-rules trace), log scales; and forwarded packet rates, one
+//! bar per path and traffic pattern.
 
 use plotters::prelude::*;
 use serde_json::Value;
@@ -43,6 +44,72 @@ pub fn draw(path: &Path, results: &[Value]) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .label(format!("{c} / {set}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Draws the `forward` summary lines of `results` into `path`: forwarded Mpps per path, a group of
+/// bars per traffic pattern.
+pub fn draw_forward(path: &Path, results: &[Value]) -> Result<(), String> {
+    let rows: Vec<(String, String, f64)> = results
+        .iter()
+        .filter(|v| v["scenario"] == "forward")
+        .map(|v| {
+            (
+                v["path"].as_str().unwrap_or("").to_string(),
+                v["traffic"].as_str().unwrap_or("").to_string(),
+                v["forwarded_pps"].as_f64().unwrap_or(0.0) / 1e6,
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err("no forward results to plot".into());
+    }
+    let mut paths: Vec<String> = Vec::new();
+    let mut traffics: Vec<String> = Vec::new();
+    for (p, t, _) in &rows {
+        if !paths.contains(p) {
+            paths.push(p.clone());
+        }
+        if !traffics.contains(t) {
+            traffics.push(t.clone());
+        }
+    }
+    let ymax = rows.iter().map(|r| r.2).fold(0.0, f64::max) * 1.15;
+    let slots = (paths.len() + 1) * traffics.len();
+    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("forwarded Mpps, 64-byte UDP (groups: traffic pattern)", ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..slots as f64, 0f64..ymax)
+        .map_err(|e| e.to_string())?;
+    // One label per group, under its middle bar.
+    let group = paths.len() + 1;
+    let label = |x: &f64| {
+        let i = x.round() as usize;
+        if i % group == paths.len() / 2 {
+            traffics.get(i / group).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    chart.configure_mesh().disable_x_mesh().x_labels(slots + 1).x_label_formatter(&label).y_desc("Mpps").draw().map_err(|e| e.to_string())?;
+    for (i, p) in paths.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let bars = rows.iter().filter(|r| &r.0 == p).map(|r| {
+            let t = traffics.iter().position(|t| t == &r.1).unwrap_or(0);
+            let x = (t * (paths.len() + 1) + i) as f64;
+            Rectangle::new([(x, 0.0), (x + 0.9, r.2)], color.filled())
+        });
+        chart
+            .draw_series(bars)
+            .map_err(|e| e.to_string())?
+            .label(p.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())

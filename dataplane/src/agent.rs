@@ -179,7 +179,7 @@ impl Agent {
         for (q, worker) in self.workers.iter().enumerate() {
             let s = QueueSocket::open(name, q as u32).map_err(|e| e.to_string())?;
             self.redirector.register_socket(name, q as u32, s.fd()).map_err(|e| e.to_string())?;
-            worker.send(Command::Add(ifindex, s)).map_err(|e| e.to_string())?;
+            worker.send(Command::Add(ifindex, Box::new(s))).map_err(|e| e.to_string())?;
         }
         self.attached.insert(name.to_string(), ifindex);
         self.status.lock().expect("lock").interfaces.insert(name.to_string(), how.to_string());

@@ -13,7 +13,10 @@
 //! [`ConnTrack::expire`] periodically. A guard from the map is never held across another
 //! operation on it, so workers cannot deadlock; the established path allocates nothing.
 
+// Keys come from packets, so the hash is keyed per process (aHash: SipHash's flood resistance
+// at a fraction of its cost).
 use crate::packet::{tcp_flags, FlowTuple, Fragment, IcmpKind, Packet};
+use ahash::RandomState;
 use dashmap::DashMap;
 use palisade_policy::model::proto::{ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, TCP as PROTO_TCP, UDP as PROTO_UDP};
 use serde::Serialize;
@@ -22,10 +25,16 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Entries that a [`ConnTrack::commit`] into a full table looks at, at most, for expired ones.
+/// Slots that a [`ConnTrack::commit`] into a full table looks at, at most, for expired entries.
 const EVICT_SCAN: usize = 256;
-/// Expired entries that one such look removes, at most.
-const EVICT_MAX: usize = 32;
+/// Entries that one such look examines, at most (Linux's eviction range: each costs a memory
+/// access, and the agent's periodic sweep removes expired entries in bulk anyway).
+const EVICT_LOOK: usize = 8;
+/// The golden-ratio increment of the eviction cursor.
+const WEYL: u64 = 0x9E37_79B9_7F4A_7C15;
+// When that look finds no expired entry, it drops one flow that never saw a reply, as Linux's
+// conntrack `early_drop` does: a flood of one-way flows cannot lock out new connections, and
+// flows that got an answer are kept.
 
 /// How long an idle flow lives, per protocol and TCP state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +124,9 @@ pub struct CtStats {
     pub fragments: usize,
     /// Expired entries removed to make room for new ones.
     pub evicted: u64,
+    /// Live flows that never saw a reply, dropped to make room for new ones (the table was full
+    /// and nothing had expired).
+    pub early_drops: u64,
     /// New flows (or fragmented datagrams) not recorded because the table was full.
     pub full_drops: u64,
     /// Expired entries removed by [`ConnTrack::expire`] or found expired by a lookup.
@@ -132,8 +144,8 @@ impl ConnTrack {
     /// An empty table.
     pub fn new(config: Config) -> Self {
         ConnTrack {
-            conns: Table::new(config.capacity, DashMap::with_capacity(config.capacity)),
-            frags: Table::new(config.capacity, DashMap::new()),
+            conns: Table::new(config.capacity, DashMap::with_capacity_and_hasher(config.capacity, RandomState::new())),
+            frags: Table::new(config.capacity, DashMap::with_hasher(RandomState::new())),
             timeouts: config.timeouts,
         }
     }
@@ -168,7 +180,7 @@ impl ConnTrack {
         let flow = match flow_key(pkt) {
             Some((key, src_is_a)) => {
                 let state = if pkt.protocol == PROTO_TCP { initial_tcp_state(pkt.tcp_flags) } else { State::Established };
-                let entry = Entry { state, orig_is_a: src_is_a, tag, expires: self.expiry(now, self.timeout(pkt.protocol, state)) };
+                let entry = Entry { state, orig_is_a: src_is_a, replied: false, tag, expires: self.expiry(now, self.timeout(pkt.protocol, state)) };
                 self.conns.insert(key, entry, now)
             }
             None => Ok(()),
@@ -193,6 +205,7 @@ impl ConnTrack {
             entries: self.conns.len.load(Relaxed),
             fragments: self.frags.len.load(Relaxed),
             evicted: self.conns.evicted.load(Relaxed) + self.frags.evicted.load(Relaxed),
+            early_drops: self.conns.early_drops.load(Relaxed) + self.frags.early_drops.load(Relaxed),
             full_drops: self.conns.full.load(Relaxed) + self.frags.full.load(Relaxed),
             expired: self.conns.expired.load(Relaxed) + self.frags.expired.load(Relaxed),
         }
@@ -208,8 +221,10 @@ impl ConnTrack {
         };
         let timeout = self.timeout(pkt.protocol, State::Established);
         let found = self.conns.update(&key, now, |entry| {
+            let reply = src_is_a != entry.orig_is_a;
             entry.expires = self.expiry(now, timeout);
-            Track::Established { reply: src_is_a != entry.orig_is_a, tag: entry.tag }
+            entry.replied |= reply;
+            Track::Established { reply, tag: entry.tag }
         });
         match (found, pkt.icmp_kind()) {
             (Some(track), _) => track,
@@ -229,6 +244,7 @@ impl ConnTrack {
             match tcp_step(entry.state, reply, flags) {
                 Step::To(state) => {
                     entry.state = state;
+                    entry.replied |= reply;
                     entry.expires = self.expiry(now, self.timeout(PROTO_TCP, state));
                     Track::Established { reply, tag: entry.tag }
                 }
@@ -328,6 +344,8 @@ struct Entry {
     state: State,
     /// The originator (the sender of the committed packet) is the key's `a` side.
     orig_is_a: bool,
+    /// A packet went the reply way (the flow is not one-way).
+    replied: bool,
     tag: u32,
     expires: u64,
 }
@@ -422,14 +440,18 @@ struct Frag {
     expires: u64,
 }
 
-/// Table values: they expire.
+/// Table values: they expire, and some may be dropped early when the table is full.
 trait Expires {
     fn expires(&self) -> u64;
+    fn early_droppable(&self) -> bool;
 }
 
 impl Expires for Entry {
     fn expires(&self) -> u64 {
         self.expires
+    }
+    fn early_droppable(&self) -> bool {
+        !self.replied
     }
 }
 
@@ -437,22 +459,37 @@ impl Expires for Frag {
     fn expires(&self) -> u64 {
         self.expires
     }
+    fn early_droppable(&self) -> bool {
+        false
+    }
 }
 
 /// A bounded map of expiring values, with its counters. `len` counts the entries exactly (the
 /// map's own `len` locks every shard).
 struct Table<K, V> {
-    map: DashMap<K, V>,
+    map: DashMap<K, V, RandomState>,
     capacity: usize,
     len: AtomicUsize,
     evicted: AtomicU64,
+    early_drops: AtomicU64,
     full: AtomicU64,
+    /// Where the next eviction looks (a Weyl sequence: spread evenly over shards and slots).
+    cursor: AtomicU64,
     expired: AtomicU64,
 }
 
 impl<K: Copy + Eq + Hash, V: Expires> Table<K, V> {
-    fn new(capacity: usize, map: DashMap<K, V>) -> Self {
-        Table { map, capacity, len: AtomicUsize::new(0), evicted: AtomicU64::new(0), full: AtomicU64::new(0), expired: AtomicU64::new(0) }
+    fn new(capacity: usize, map: DashMap<K, V, RandomState>) -> Self {
+        Table {
+            map,
+            capacity,
+            len: AtomicUsize::new(0),
+            evicted: AtomicU64::new(0),
+            early_drops: AtomicU64::new(0),
+            full: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+        }
     }
 
     /// Runs `f` on the live value of `key`; `None` if there is none (an expired one is removed).
@@ -468,18 +505,24 @@ impl<K: Copy + Eq + Hash, V: Expires> Table<K, V> {
         None
     }
 
-    /// Inserts or replaces; when full, evicts expired entries first, else fails.
+    /// Inserts or replaces; when full, evicts expired entries or else drops one early, else fails.
     fn insert(&self, key: K, value: V, now: u64) -> Result<(), Full> {
-        if let Some(mut slot) = self.map.get_mut(&key) {
-            *slot = value;
-            return Ok(());
-        }
-        if !(self.reserve() || (self.evict(now) > 0 && self.reserve())) {
+        // Under capacity (the common case), one map access: take a slot, give it back if the key
+        // was there. When full, a replacement needs no room, so look for the key first.
+        let reserved = self.reserve()
+            || match self.map.get_mut(&key) {
+                Some(mut slot) => {
+                    *slot = value;
+                    return Ok(());
+                }
+                None => self.evict(now) > 0 && self.reserve(),
+            };
+        if !reserved {
             self.full.fetch_add(1, Relaxed);
             return Err(Full);
         }
         if self.map.insert(key, value).is_some() {
-            // Another worker inserted the same key meanwhile: one entry, one slot.
+            // The key was there (a replaced flow, or another worker was first): one entry, one slot.
             self.len.fetch_sub(1, Relaxed);
         }
         Ok(())
@@ -490,17 +533,54 @@ impl<K: Copy + Eq + Hash, V: Expires> Table<K, V> {
         self.len.fetch_update(Relaxed, Relaxed, |len| (len < self.capacity).then_some(len + 1)).is_ok()
     }
 
-    /// Removes up to [`EVICT_MAX`] expired entries among the first [`EVICT_SCAN`]; returns how many.
+    /// Looks at up to [`EVICT_SCAN`] slots from a pseudo-random position of a pseudo-random shard
+    /// on (as Linux's `early_drop` starts at a random bucket: a scan from a fixed place would walk
+    /// ever longer emptied stretches) for the first [`EVICT_LOOK`] entries, and removes those that
+    /// have expired, or if none has, one early-droppable entry; returns how many it removed.
     fn evict(&self, now: u64) -> usize {
-        let mut victims = [None; EVICT_MAX];
-        let expired = self.map.iter().take(EVICT_SCAN).filter(|entry| entry.value().expires() <= now).map(|entry| *entry.key());
-        for (slot, key) in victims.iter_mut().zip(expired) {
-            *slot = Some(key);
+        let mut victims = [None; EVICT_LOOK];
+        let mut droppable = None;
+        let mut looked = 0;
+        let spot = self.cursor.fetch_add(WEYL, Relaxed);
+        let shards = self.map.shards();
+        let first = (spot >> 40) as usize % shards.len();
+        let mut budget = EVICT_SCAN;
+        // From the chosen spot on through the following shards, until the budget is spent.
+        'shards: for s in (first..shards.len()).chain(0..first) {
+            let shard = shards[s].read();
+            let buckets = shard.buckets();
+            let start = if s == first { spot as usize % buckets } else { 0 };
+            for i in (start..buckets).chain(0..start) {
+                if budget == 0 {
+                    break 'shards;
+                }
+                budget -= 1;
+                // SAFETY: `i` is below the table's bucket count, and the shard's read lock keeps
+                // the table and its entries in place while we read them.
+                let Some((key, value)) = (unsafe { shard.is_bucket_full(i).then(|| shard.bucket(i).as_ref()) }) else { continue };
+                if value.get().expires() <= now {
+                    victims[looked] = Some(*key);
+                } else if droppable.is_none() && value.get().early_droppable() {
+                    droppable = Some(*key);
+                }
+                looked += 1;
+                if looked == EVICT_LOOK {
+                    break 'shards;
+                }
+            }
         }
-        // The iterator, and its shard guard, are gone: removing is safe.
+        // The shard's lock is released: removing is safe.
         let evicted = victims.iter().flatten().filter(|key| self.remove_expired(key, now)).count();
         self.evicted.fetch_add(evicted as u64, Relaxed);
-        evicted
+        if evicted > 0 {
+            return evicted;
+        }
+        let dropped = droppable.is_some_and(|key| self.map.remove_if(&key, |_, value| value.early_droppable()).is_some());
+        if dropped {
+            self.len.fetch_sub(1, Relaxed);
+            self.early_drops.fetch_add(1, Relaxed);
+        }
+        usize::from(dropped)
     }
 
     /// Removes `key` if its value has expired; returns whether it did.
@@ -902,26 +982,57 @@ mod tests {
     fn capacity_eviction_and_full() {
         let ct = table(2);
         let flow = |port| packet(A, port, B, 53, UDP);
+        let reply = |port| packet(B, 53, A, port, UDP);
         ct.commit(&flow(1), T0, 1).unwrap();
         ct.commit(&flow(2), T0 + secs(30), 2).unwrap();
+        // Both flows answered: nothing to drop early.
+        assert_eq!(ct.track(&reply(1), T0 + secs(1)), est(true, 1));
+        assert_eq!(ct.track(&reply(2), T0 + secs(30)), est(true, 2));
         assert_eq!(ct.commit(&flow(3), T0 + secs(30), 3), Err(Full));
         assert_eq!(ct.track(&flow(3), T0 + secs(30)), NEW);
         // Replacing an entry needs no room.
         ct.commit(&flow(2), T0 + secs(30), 22).unwrap();
-        assert_eq!(ct.stats(), CtStats { entries: 2, fragments: 0, evicted: 0, full_drops: 1, expired: 0 });
+        assert_eq!(ct.stats(), CtStats { entries: 2, fragments: 0, evicted: 0, early_drops: 0, full_drops: 1, expired: 0 });
         // Once flow 1 has expired, it makes room.
-        ct.commit(&flow(3), T0 + secs(60), 3).unwrap();
-        assert_eq!(ct.stats(), CtStats { entries: 2, fragments: 0, evicted: 1, full_drops: 1, expired: 0 });
-        assert_eq!(ct.track(&flow(2), T0 + secs(60)), est(false, 22));
-        assert_eq!(ct.track(&flow(3), T0 + secs(60)), est(false, 3));
+        ct.commit(&flow(3), T0 + secs(61), 3).unwrap();
+        assert_eq!(ct.stats(), CtStats { entries: 2, fragments: 0, evicted: 1, early_drops: 0, full_drops: 1, expired: 0 });
+        assert_eq!(ct.track(&flow(2), T0 + secs(61)), est(false, 22));
+        assert_eq!(ct.track(&reply(2), T0 + secs(61)), est(true, 22));
+        // Flow 3 was never answered: a new flow takes its place while flow 2 stays.
+        ct.commit(&flow(4), T0 + secs(61), 4).unwrap();
+        assert_eq!(ct.stats().early_drops, 1);
+        assert_eq!(ct.track(&flow(3), T0 + secs(61)), NEW);
+        assert_eq!(ct.track(&flow(4), T0 + secs(61)), est(false, 4));
+        assert_eq!(ct.track(&flow(2), T0 + secs(61)), est(false, 22));
         // The fragment table is bounded too.
         let first = |id| fragment(flow(2), Fragment::First { id });
-        ct.track(&first(1), T0 + secs(60));
-        ct.track(&first(2), T0 + secs(60));
-        ct.track(&first(3), T0 + secs(60));
-        assert_eq!(ct.track(&fragment(flow(2), Fragment::Later { id: 3 }), T0 + secs(60)), Track::Invalid("fragment_without_first"));
+        ct.track(&first(1), T0 + secs(61));
+        ct.track(&first(2), T0 + secs(61));
+        ct.track(&first(3), T0 + secs(61));
+        assert_eq!(ct.track(&fragment(flow(2), Fragment::Later { id: 3 }), T0 + secs(61)), Track::Invalid("fragment_without_first"));
         assert_eq!(ct.stats().full_drops, 2);
         assert_eq!(ct.stats().fragments, 2);
+    }
+
+    #[test]
+    fn a_flood_of_one_way_flows_replaces_itself_and_spares_answered_flows() {
+        let ct = table(10_000);
+        let flow = |i: u32| packet([10, 1, (i >> 8) as u8, i as u8], (i >> 16) as u16 + 1, B, 53, UDP);
+        let answered: Vec<Packet> = (0..100).map(flow).collect();
+        for (i, p) in answered.iter().enumerate() {
+            ct.commit(p, T0, i as u32).unwrap();
+            let reply = Packet { src: p.dst, dst: p.src, src_port: p.dst_port, dst_port: p.src_port, ..*p };
+            assert_eq!(ct.track(&reply, T0), est(true, i as u32));
+        }
+        for i in 100..50_000 {
+            ct.commit(&flow(i), T0 + secs(1), i).unwrap();
+        }
+        let stats = ct.stats();
+        assert_eq!((stats.entries, stats.early_drops, stats.full_drops), (10_000, 40_000, 0));
+        for (i, p) in answered.iter().enumerate() {
+            assert_eq!(ct.track(p, T0 + secs(2)), est(false, i as u32));
+        }
+        assert_eq!(ct.track(&flow(49_999), T0 + secs(2)), est(false, 49_999));
     }
 
     #[test]
@@ -934,7 +1045,7 @@ mod tests {
         assert_eq!(ct.stats().entries, 4);
         assert_eq!(ct.expire(T0 + secs(5)), 1); // echo
         assert_eq!(ct.expire(T0 + secs(60)), 3); // UDP flows and the fragment
-        assert_eq!(ct.stats(), CtStats { entries: 1, fragments: 0, evicted: 0, full_drops: 0, expired: 4 });
+        assert_eq!(ct.stats(), CtStats { entries: 1, fragments: 0, evicted: 0, early_drops: 0, full_drops: 0, expired: 4 });
         // Found expired by a lookup.
         assert_eq!(ct.track(&Conn { client: A, server: B }.c2s(ACK), T0 + secs(3600)), LOOSE);
         assert_eq!(ct.stats().expired, 5);

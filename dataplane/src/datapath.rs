@@ -9,13 +9,19 @@
 //!
 //! A packet from a workload interface whose source address is not that workload's is dropped
 //! (Calico's anti-spoofing check); a packet for an address the node has no route for is dropped.
+//!
+//! A new flow that matches a Log rule is written to stderr as a `palisade-packet:` line (Calico
+//! writes `calico-packet:` lines to the kernel log), at most [`LOG_LINES_PER_SECOND`] a second;
+//! the rule's counter counts every match.
 
-use crate::compile::Program;
+use crate::compile::{Classification, Program};
 use crate::conntrack::{ConnTrack, Track};
 use crate::packet::{self, ForwardError, Packet};
-use crate::stats::{Drop, WorkerStats};
-use std::collections::HashMap;
-use std::net::IpAddr;
+use crate::stats::{self, Drop, WorkerStats};
+use ahash::AHashMap as HashMap;
+use palisade_policy::model::{proto, Action};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// A MAC address.
@@ -101,15 +107,21 @@ pub enum Verdict {
     Drop(Drop),
 }
 
+/// Most Log-rule lines written per second (the rest are only counted).
+pub const LOG_LINES_PER_SECOND: u64 = 100;
+
 /// The decision logic shared by all workers.
 pub struct Datapath {
     conntrack: Arc<ConnTrack>,
+    /// The second (of the caller's clock) that the log budget is for, and the lines written in it.
+    log_second: AtomicU64,
+    log_lines: AtomicU64,
 }
 
 impl Datapath {
     /// A datapath tracking connections in `conntrack`.
     pub fn new(conntrack: Arc<ConnTrack>) -> Datapath {
-        Datapath { conntrack }
+        Datapath { conntrack, log_second: AtomicU64::new(0), log_lines: AtomicU64::new(0) }
     }
 
     /// Decides the fate of `frame`, received on `ifindex` at `now` (monotonic ns), and
@@ -162,6 +174,9 @@ impl Datapath {
             let program = if egress { &ep.egress } else { &ep.ingress };
             let c = program.classify(&flow);
             stats.count_rule(program, &c);
+            if !c.matched.is_empty() {
+                self.log(program, &c, &ep.name, egress, pkt, now);
+            }
             if !c.allowed {
                 return Some(Verdict::Drop(Drop::Policy));
             }
@@ -170,6 +185,28 @@ impl Datapath {
         match self.conntrack.commit(pkt, now, tag) {
             Ok(()) => None,
             Err(_) => Some(Verdict::Drop(Drop::ConntrackFull)),
+        }
+    }
+
+    /// Writes a line for each Log rule (not staged) that the classification matched, within the
+    /// budget of the current second.
+    fn log(&self, program: &Program, c: &Classification, endpoint: &str, egress: bool, pkt: &Packet, now: u64) {
+        for rule in program.matched(c).into_iter().filter(|r| r.action == Action::Log && !r.staged) {
+            let second = now / 1_000_000_000;
+            if self.log_second.swap(second, Relaxed) != second {
+                self.log_lines.store(0, Relaxed);
+            }
+            if self.log_lines.fetch_add(1, Relaxed) >= LOG_LINES_PER_SECOND {
+                return;
+            }
+            let proto = proto::name(pkt.protocol).map_or_else(|| pkt.protocol.to_string(), str::to_string);
+            eprintln!(
+                "palisade-packet: {} {} {endpoint} {proto} {} -> {}",
+                stats::describe_rule(&rule),
+                if egress { "egress" } else { "ingress" },
+                SocketAddr::new(pkt.src, pkt.src_port),
+                SocketAddr::new(pkt.dst, pkt.dst_port),
+            );
         }
     }
 }

@@ -2,9 +2,10 @@
 //! sum them while traffic runs.
 
 use crate::compile::{Classification, Program};
-use palisade_policy::eval::Decision;
+use ahash::AHashMap as HashMap;
+use palisade_policy::eval::{Decision, RuleRef};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -72,7 +73,7 @@ pub struct WorkerStats {
     allowed_new: AtomicU64,
     tracked: AtomicU64,
     drops: Mutex<HashMap<Drop, u64>>,
-    rules: Mutex<HashMap<(ProgramKey, u32, bool), u64>>,
+    rules: Mutex<HashMap<(ProgramKey, u32, Tally), u64>>,
 }
 
 impl WorkerStats {
@@ -97,13 +98,30 @@ impl WorkerStats {
         *self.drops.lock().expect("stats lock").entry(why).or_default() += 1;
     }
 
-    /// Counts a new flow's classification by one program under its deciding rule.
+    /// Counts a new flow's classification by one program: under its deciding rule, and under
+    /// each Log, Pass and staged rule it matched on the way.
     pub fn count_rule(&self, program: &Arc<Program>, c: &Classification) {
         if c.allowed {
             self.allowed_new.fetch_add(1, Relaxed);
         }
-        *self.rules.lock().expect("stats lock").entry((ProgramKey(program.clone()), c.decided_by, c.allowed)).or_default() += 1;
+        let decided = if c.allowed { Tally::Allowed } else { Tally::Denied };
+        let mut rules = self.rules.lock().expect("stats lock");
+        *rules.entry((ProgramKey(program.clone()), c.decided_by, decided)).or_default() += 1;
+        for &entry in &c.matched {
+            *rules.entry((ProgramKey(program.clone()), entry, Tally::Matched)).or_default() += 1;
+        }
     }
+}
+
+/// How a rule took part in a classification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Tally {
+    /// It decided, allowing.
+    Allowed,
+    /// It decided, denying.
+    Denied,
+    /// It matched without deciding (Log, Pass, or a staged policy's rule).
+    Matched,
 }
 
 /// A readable summary of all workers' counters.
@@ -119,7 +137,8 @@ pub struct Report {
     pub allowed_new: u64,
     /// Drops by reason.
     pub drops: BTreeMap<String, u64>,
-    /// Classifications by deciding rule: `"<decision> <allow|deny>"` → count.
+    /// New flows per rule: `"<rule> allow"` and `"<rule> deny"` for the deciding rule, `"<rule> log"`,
+    /// `"<rule> pass"` and `"<rule> staged <action>"` for the rules matched on the way.
     pub rules: BTreeMap<String, u64>,
 }
 
@@ -134,10 +153,19 @@ pub fn report(workers: &[Arc<WorkerStats>]) -> Report {
         for (d, n) in w.drops.lock().expect("stats lock").iter() {
             *r.drops.entry(d.name()).or_default() += n;
         }
-        for ((p, entry, allowed), n) in w.rules.lock().expect("stats lock").iter() {
-            let c = Classification { allowed: *allowed, decided_by: *entry, matched: Vec::new() };
-            let key = format!("{} {}", describe(&p.0.decision(&c)), if *allowed { "allow" } else { "deny" });
-            *r.rules.entry(key).or_default() += n;
+        for ((p, entry, tally), n) in w.rules.lock().expect("stats lock").iter() {
+            let c = Classification { allowed: *tally == Tally::Allowed, decided_by: *entry, matched: Vec::new() };
+            let decision = p.0.decision(&c);
+            let how = match (tally, &decision) {
+                (Tally::Allowed, _) => "allow".to_string(),
+                (Tally::Denied, _) => "deny".to_string(),
+                (Tally::Matched, Decision::Rule(rule) | Decision::Profile(rule)) if rule.staged => {
+                    format!("staged {}", rule.action.to_string().to_lowercase())
+                }
+                (Tally::Matched, Decision::Rule(rule) | Decision::Profile(rule)) => rule.action.to_string().to_lowercase(),
+                (Tally::Matched, _) => "matched".to_string(),
+            };
+            *r.rules.entry(format!("{} {how}", describe(&decision))).or_default() += n;
         }
     }
     r
@@ -146,9 +174,16 @@ pub fn report(workers: &[Arc<WorkerStats>]) -> Report {
 /// A decision in one line: `tier/policy rule N`, `tier T default`, `profile P rule N`.
 pub fn describe(d: &Decision) -> String {
     match d {
-        Decision::Rule(r) => format!("{}/{} rule {}", r.tier.as_deref().unwrap_or("-"), r.policy, r.rule),
+        Decision::Rule(r) | Decision::Profile(r) => describe_rule(r),
         Decision::TierDefault { tier } => format!("tier {tier} default"),
-        Decision::Profile(r) => format!("profile {} rule {}", r.policy, r.rule),
         Decision::NoProfileMatch => "no profile match".into(),
+    }
+}
+
+/// A rule in one line: `tier/policy rule N`, or `profile P rule N`.
+pub fn describe_rule(r: &RuleRef) -> String {
+    match &r.tier {
+        Some(tier) => format!("{tier}/{} rule {}", r.policy, r.rule),
+        None => format!("profile {} rule {}", r.policy, r.rule),
     }
 }

@@ -17,7 +17,7 @@ const POLL_MS: i32 = 20;
 /// A message from the agent to a worker.
 pub enum Command {
     /// Start serving this socket (the queue's socket of interface `ifindex`).
-    Add(u32, QueueSocket),
+    Add(u32, Box<QueueSocket>),
     /// Stop serving interface `ifindex` and close its socket.
     Remove(u32),
 }
@@ -65,7 +65,7 @@ impl Worker {
                 match self.commands.try_recv() {
                     Ok(Command::Add(ifindex, s)) => {
                         self.sockets.retain(|(i, _)| *i != ifindex);
-                        self.sockets.push((ifindex, s));
+                        self.sockets.push((ifindex, *s));
                     }
                     Ok(Command::Remove(ifindex)) => self.sockets.retain(|(i, _)| *i != ifindex),
                     Err(TryRecvError::Empty) => break,

@@ -477,6 +477,18 @@ fn matrix_equals_the_reference_evaluator() {
         if failures.iter().any(|f| f.starts_with(name)) {
             eprintln!("== {name} ==\n{}", matrix::table(&outcomes));
         }
+        if name == "log then allow" {
+            // New flows into the namespace matched the Log rule: they are counted and written out.
+            let stats = r.stats();
+            let logged =
+                stats["packets"]["rules"].as_object().and_then(|rules| rules.iter().find(|(k, _)| k.ends_with("log-and-allow-tcp rule 0 log")));
+            assert!(logged.is_some_and(|(_, n)| n.as_u64() > Some(0)), "{name}: no Log counter in {stats}");
+            let log = r.dp.log();
+            assert!(
+                log.lines().any(|l| l.starts_with("palisade-packet: ") && l.contains("log-and-allow-tcp rule 0 ingress")),
+                "{name}: no Log line in:\n{log}"
+            );
+        }
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}\n--- dataplane log:\n{}", failures.len(), failures.join("\n"), r.dp.log());
     let stats = r.stats();

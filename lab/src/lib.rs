@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub use error::LabError;
 pub use netns::{exec_in, ip, ip_in, run_in, sysctl_in, Netns};
 pub use probe::{probe, Listeners, Protocol};
-pub use topology::{Lab, LabSpec, PodSpec, EXT_MAC};
+pub use topology::{Lab, LabSpec, PodSpec, EXT_MAC, NODE_TABLE};
 
 /// A name unique to this process and call, `<tag><pid mod 10000, 4 digits><counter>`: with a tag of up to
 /// 3 characters it is short enough for a [`LabSpec::name`] while parallel tests run.

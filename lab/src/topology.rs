@@ -20,6 +20,10 @@ const EXT_V4: &str = "198.18.0.2";
 const NODE_UPLINK_V6: &str = "2001:2::1";
 const EXT_V6: &str = "2001:2::2";
 
+/// The node's nftables table: its `forward` chain (policy drop, no rules) makes the node fail closed. A kernel
+/// baseline may add rules and sets to it, and flush them after.
+pub const NODE_TABLE: &str = "inet palisade_lab";
+
 /// The fail-closed ruleset of the node: forward nothing.
 const FAIL_CLOSED: &str = "add table inet palisade_lab; add chain inet palisade_lab forward { type filter hook forward priority 0; policy drop; }";
 
