@@ -540,6 +540,27 @@ spec:
 }
 
 #[test]
+fn dual_stack_pods_are_filtered_over_ipv6_as_over_ipv4() {
+    let ports = [("http", 80, "TCP"), ("dns", 53, "UDP")];
+    let dual = |name: &str, v4: &str, v6: &str| {
+        pod("ns1", name, v4, &[("app", name)], &ports).replace(&format!("    - ip: {v4}\n"), &format!("    - ip: {v4}\n    - ip: {v6}\n"))
+    };
+    let cluster = namespace("ns1", &[]) + &dual("a", "10.66.6.1", "fd00:66::1") + &dual("b", "10.66.6.2", "fd00:66::2");
+    let r = rig("t6", &cluster, &a_to_b_only("{protocol: TCP, port: 80}"));
+    let (t, denied) = (Duration::from_millis(1000), Duration::from_millis(400));
+    let (a, b) = (r.ns(A), r.ns(B));
+    for (b_ip, a_ip) in [("10.66.6.2", "10.66.6.1"), ("fd00:66::2", "fd00:66::1")] {
+        let (b_ip, a_ip): (IpAddr, IpAddr) = (b_ip.parse().unwrap(), a_ip.parse().unwrap());
+        assert!(probe(&a, b_ip, Protocol::Tcp, 80, t).unwrap(), "A -> {b_ip} TCP 80 is allowed\n{}", r.dp.log());
+        assert!(!probe(&a, b_ip, Protocol::Udp, 53, denied).unwrap(), "A -> {b_ip} UDP 53 is not");
+        assert!(!probe(&a, b_ip, Protocol::Icmp, 0, denied).unwrap(), "A -> {b_ip} ping is not");
+        assert!(!probe(&b, a_ip, Protocol::Tcp, 80, denied).unwrap(), "B -> {a_ip} TCP 80 is not");
+    }
+    let stats = r.stats();
+    assert!(counter(&stats, &["packets", "drops", "policy"]) >= 6, "six denied probes are policy drops: {stats}");
+}
+
+#[test]
 fn replies_are_allowed_by_conntrack() {
     let r = rig("tc", &pair_cluster(&[("http", 80, "TCP")]), &a_to_b_only("{protocol: TCP, port: 80}"));
     let t = Duration::from_millis(1000);
