@@ -65,7 +65,8 @@ impl std::hash::Hash for ProgramKey {
     }
 }
 
-/// One worker's counters.
+/// One worker's counters. Each is written by its worker thread only, so a count is a plain load
+/// and store (no locked read-modify-write on the packet path); readers see whole values.
 #[derive(Default)]
 pub struct WorkerStats {
     rx: AtomicU64,
@@ -79,17 +80,17 @@ pub struct WorkerStats {
 impl WorkerStats {
     /// Counts received frames.
     pub fn count_rx(&self, n: usize) {
-        self.rx.fetch_add(n as u64, Relaxed);
+        bump(&self.rx, n as u64);
     }
 
     /// Counts a transmitted frame.
     pub fn count_tx(&self) {
-        self.tx.fetch_add(1, Relaxed);
+        bump(&self.tx, 1);
     }
 
     /// Counts a packet of a tracked (established or related) flow.
     pub fn count_tracked(&self) {
-        self.tracked.fetch_add(1, Relaxed);
+        bump(&self.tracked, 1);
     }
 
     /// Counts a dropped frame. Drops are the exceptional path; a mutex held by one writer is
@@ -102,7 +103,7 @@ impl WorkerStats {
     /// each Log, Pass and staged rule it matched on the way.
     pub fn count_rule(&self, program: &Arc<Program>, c: &Classification) {
         if c.allowed {
-            self.allowed_new.fetch_add(1, Relaxed);
+            bump(&self.allowed_new, 1);
         }
         let decided = if c.allowed { Tally::Allowed } else { Tally::Denied };
         let mut rules = self.rules.lock().expect("stats lock");
@@ -111,6 +112,11 @@ impl WorkerStats {
             *rules.entry((ProgramKey(program.clone()), entry, Tally::Matched)).or_default() += 1;
         }
     }
+}
+
+/// Adds `n` to a counter that only the calling worker writes.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed) + n, Relaxed);
 }
 
 /// How a rule took part in a classification.
