@@ -184,11 +184,12 @@ impl Rig {
     /// Measures `path` with `traffic`: `warmup` of traffic, then a window of `window`.
     pub fn measure(&self, path: ForwardPath, traffic: Traffic, dataplane: &Path, warmup: Duration, window: Duration) -> Result<Window, String> {
         let _forwarder = self.start(path, dataplane)?;
-        let generator = Generator::start(self.lab.pod_netns(GEN).expect("gen pod"), traffic, self.frame())?;
+        let sent = Arc::new(AtomicU64::new(0));
+        let generator = generator(self.lab.pod_netns(GEN).expect("gen pod"), traffic, self.frame(), sent.clone())?;
         std::thread::sleep(warmup);
-        let (sent0, sink0, cpu0, t0) = (generator.sent(), self.sink_count()?, cpu_times(FORWARDER_CPU)?, Instant::now());
+        let (sent0, sink0, cpu0, t0) = (sent.load(Relaxed), self.sink_count()?, cpu_times(FORWARDER_CPU)?, Instant::now());
         std::thread::sleep(window);
-        let (sent1, sink1, cpu1, elapsed) = (generator.sent(), self.sink_count()?, cpu_times(FORWARDER_CPU)?, t0.elapsed());
+        let (sent1, sink1, cpu1, elapsed) = (sent.load(Relaxed), self.sink_count()?, cpu_times(FORWARDER_CPU)?, t0.elapsed());
         generator.stop()?;
         let secs = elapsed.as_secs_f64();
         let forwarded = sink1.saturating_sub(sink0) as f64;
@@ -204,7 +205,7 @@ impl Rig {
     /// Starts the forwarder of `path`; it stops when the returned guard is dropped.
     fn start(&self, path: ForwardPath, dataplane: &Path) -> Result<Forwarder, String> {
         match path {
-            ForwardPath::Bare => BareForwarder::start(self).map(|f| Forwarder::Bare { _forwarder: f }),
+            ForwardPath::Bare => bare_forwarder(self).map(|f| Forwarder::Bare { _forwarder: f }),
             ForwardPath::Palisade(rules) => {
                 let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
                 std::fs::write(dir.path().join("cluster.yaml"), cluster(rules)).map_err(|e| e.to_string())?;
@@ -270,7 +271,7 @@ impl Rig {
 /// A running forwarder; dropping it stops it and leaves the node as it was.
 enum Forwarder {
     Bare {
-        _forwarder: BareForwarder,
+        _forwarder: Looper,
     },
     // Field order: the dataplane stops before its state directory goes.
     Palisade {
@@ -377,143 +378,126 @@ fn cluster(rules: usize) -> String {
     s
 }
 
-/// Sends frames as fast as its socket takes them, from the generator pod's `eth0` (AF_XDP TX, copy mode), on
-/// [`GENERATOR_CPU`].
-struct Generator {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    thread: JoinHandle<Result<(), String>>,
-}
-
-impl Generator {
-    fn start(ns: &str, traffic: Traffic, template: [u8; FRAME_LEN]) -> Result<Generator, String> {
-        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let (ready, started) = mpsc::channel();
-        let (ns, stop2, sent2) = (ns.to_string(), stop.clone(), sent.clone());
-        let thread = std::thread::spawn(move || {
-            run_in(&ns, move || {
-                let socket = pin(GENERATOR_CPU).and_then(|()| QueueSocket::open("eth0", 0).map_err(|e| e.to_string()));
-                let mut socket = match socket {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = ready.send(Err(e.clone()));
-                        return Err(e);
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                let mut frame = template;
-                let mut i = 0u64;
-                while !stop2.load(Relaxed) {
-                    let mut queued = 0;
-                    while queued < 64 {
-                        let (sport, dport) = traffic.ports(i);
-                        frame[34..36].copy_from_slice(&sport.to_be_bytes());
-                        frame[36..38].copy_from_slice(&dport.to_be_bytes());
-                        if !socket.send(&frame) {
-                            break;
-                        }
-                        i += 1;
-                        queued += 1;
-                    }
-                    socket.flush();
-                    sent2.fetch_add(queued, Relaxed);
-                }
-                Ok(())
-            })
-            .map_err(|e| e.to_string())?
-        });
-        match started.recv() {
-            Ok(Ok(())) => Ok(Generator { stop, sent, thread }),
-            Ok(Err(e)) => Err(format!("generator: {e}")),
-            Err(_) => Err(format!("generator: {:?}", thread.join())),
-        }
-    }
-
-    fn sent(&self) -> u64 {
-        self.sent.load(Relaxed)
-    }
-
-    fn stop(self) -> Result<(), String> {
-        self.stop.store(true, Relaxed);
-        self.thread.join().map_err(|_| "generator panicked".to_string())?
-    }
-}
-
-/// The bare AF_XDP forwarder, on [`FORWARDER_CPU`] in the node namespace: our XDP program on the generator's
-/// host veth, one socket there and one on the sink's host veth.
-struct BareForwarder {
+/// A thread in a network namespace, pinned to a CPU, that sets itself up and then runs `step` until stopped.
+/// Stopping (or dropping) joins it; a failed setup is returned by [`Looper::start`].
+struct Looper {
+    name: &'static str,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
 
-impl BareForwarder {
-    fn start(rig: &Rig) -> Result<BareForwarder, String> {
+impl Looper {
+    fn start<S>(
+        name: &'static str,
+        ns: &str,
+        cpu: usize,
+        setup: impl FnOnce() -> Result<S, String> + Send + 'static,
+        mut step: impl FnMut(&mut S) + Send + 'static,
+    ) -> Result<Looper, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready, started) = mpsc::channel();
-        let (node, rx_if, tx_if, stop2) = (rig.lab.node_netns().to_string(), rig.gen_host.clone(), rig.sink_host.clone(), stop.clone());
-        let (src_mac, dst_mac) = (rig.sink_host_mac, workload_mac(SINK));
+        let (ns, stopping) = (ns.to_string(), stop.clone());
         let thread = std::thread::spawn(move || {
-            run_in(&node, move || {
-                let setup = || -> Result<_, String> {
-                    pin(FORWARDER_CPU)?;
-                    let mut redirector = Redirector::load().map_err(|e| e.to_string())?;
-                    redirector.attach(&rx_if, 1, Mode::All).map_err(|e| e.to_string())?;
-                    let rx = QueueSocket::open(&rx_if, 0).map_err(|e| e.to_string())?;
-                    let tx = QueueSocket::open(&tx_if, 0).map_err(|e| e.to_string())?;
-                    redirector.register_socket(&rx_if, 0, rx.fd()).map_err(|e| e.to_string())?;
-                    Ok((redirector, rx, tx))
-                };
-                let (_redirector, mut rx, mut tx) = match setup() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = ready.send(Err(e.clone()));
-                        return Err(e);
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                let mut scratch = [0u8; 2048];
-                while !stop2.load(Relaxed) {
-                    let n = rx.receive(64);
-                    for i in 0..n {
-                        let p = rx.packet(i);
-                        let len = p.len().min(scratch.len());
-                        scratch[..len].copy_from_slice(&p[..len]);
-                        let frame = &mut scratch[..len];
-                        if let Ok(pkt) = packet::parse(frame) {
-                            if packet::rewrite_for_forward(frame, &pkt, src_mac, dst_mac).is_ok() {
-                                tx.send(frame);
-                            }
-                        }
-                    }
-                    rx.recycle();
-                    if tx.tx_pending() {
-                        tx.flush();
-                    }
-                    if n == 0 {
-                        let mut fd = libc::pollfd { fd: rx.fd(), events: libc::POLLIN, revents: 0 };
-                        // SAFETY: one valid pollfd for the duration of the call.
-                        unsafe { libc::poll(&mut fd, 1, 20) };
-                    }
+            run_in(&ns, move || {
+                let state = pin(cpu).and_then(|()| setup());
+                let _ = ready.send(state.as_ref().map(drop).map_err(String::clone));
+                let mut state = state?;
+                while !stopping.load(Relaxed) {
+                    step(&mut state);
                 }
                 Ok(())
             })
             .map_err(|e| e.to_string())?
         });
         match started.recv() {
-            Ok(Ok(())) => Ok(BareForwarder { stop, thread: Some(thread) }),
-            Ok(Err(e)) => Err(format!("bare forwarder: {e}")),
-            Err(_) => Err(format!("bare forwarder: {:?}", thread.join())),
+            Ok(Ok(())) => Ok(Looper { name, stop, thread: Some(thread) }),
+            Ok(Err(e)) => Err(format!("{name}: {e}")),
+            Err(_) => Err(format!("{name}: {:?}", thread.join())),
+        }
+    }
+
+    fn stop(mut self) -> Result<(), String> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), String> {
+        self.stop.store(true, Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => Err(format!("{}: {e}", self.name)),
+            Some(Err(_)) => Err(format!("{} panicked", self.name)),
+            _ => Ok(()),
         }
     }
 }
 
-impl Drop for BareForwarder {
+impl Drop for Looper {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(Ok(Err(e))) = self.thread.take().map(JoinHandle::join) {
-            eprintln!("palisade-bench: bare forwarder: {e}");
+        if let Err(e) = self.join() {
+            eprintln!("palisade-bench: {e}");
         }
     }
+}
+
+/// Sends frames as fast as its socket takes them, from the generator pod's `eth0` (AF_XDP TX, copy mode), on
+/// [`GENERATOR_CPU`]; counts what it queued in `sent`.
+fn generator(ns: &str, traffic: Traffic, template: [u8; FRAME_LEN], sent: Arc<AtomicU64>) -> Result<Looper, String> {
+    let mut frame = template;
+    let mut i = 0u64;
+    let setup = || QueueSocket::open("eth0", 0).map_err(|e| e.to_string());
+    Looper::start("generator", ns, GENERATOR_CPU, setup, move |socket| {
+        let mut queued = 0;
+        while queued < 64 {
+            let (sport, dport) = traffic.ports(i);
+            frame[34..36].copy_from_slice(&sport.to_be_bytes());
+            frame[36..38].copy_from_slice(&dport.to_be_bytes());
+            if !socket.send(&frame) {
+                break;
+            }
+            i += 1;
+            queued += 1;
+        }
+        socket.flush();
+        sent.fetch_add(queued, Relaxed);
+    })
+}
+
+/// The bare AF_XDP forwarder, on [`FORWARDER_CPU`] in the node namespace: our XDP program on the generator's
+/// host veth, one socket there and one on the sink's host veth.
+fn bare_forwarder(rig: &Rig) -> Result<Looper, String> {
+    let (rx_if, tx_if) = (rig.gen_host.clone(), rig.sink_host.clone());
+    let (src_mac, dst_mac) = (rig.sink_host_mac, workload_mac(SINK));
+    let setup = move || -> Result<_, String> {
+        let mut redirector = Redirector::load().map_err(|e| e.to_string())?;
+        redirector.attach(&rx_if, 1, Mode::All).map_err(|e| e.to_string())?;
+        let rx = QueueSocket::open(&rx_if, 0).map_err(|e| e.to_string())?;
+        let tx = QueueSocket::open(&tx_if, 0).map_err(|e| e.to_string())?;
+        redirector.register_socket(&rx_if, 0, rx.fd()).map_err(|e| e.to_string())?;
+        Ok((redirector, rx, tx))
+    };
+    let mut scratch = [0u8; 2048];
+    Looper::start("bare forwarder", rig.lab.node_netns(), FORWARDER_CPU, setup, move |(_redirector, rx, tx)| {
+        let n = rx.receive(64);
+        for i in 0..n {
+            let p = rx.packet(i);
+            let len = p.len().min(scratch.len());
+            scratch[..len].copy_from_slice(&p[..len]);
+            let frame = &mut scratch[..len];
+            if let Ok(pkt) = packet::parse(frame) {
+                if packet::rewrite_for_forward(frame, &pkt, src_mac, dst_mac).is_ok() {
+                    tx.send(frame);
+                }
+            }
+        }
+        rx.recycle();
+        if tx.tx_pending() {
+            tx.flush();
+        }
+        if n == 0 {
+            let mut fd = libc::pollfd { fd: rx.fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut fd, 1, 20) };
+        }
+    })
 }
 
 /// Pins the calling thread to `cpu`.

@@ -193,13 +193,15 @@ impl Program {
 
     /// The matched Log, Pass and staged rules of a classification, in the evaluator's terms.
     pub fn matched(&self, c: &Classification) -> Vec<RuleRef> {
-        c.matched
-            .iter()
-            .filter_map(|&e| match &self.entries[e as usize].kind {
-                EntryKind::Rule(r) => Some(r.clone()),
-                _ => None,
-            })
-            .collect()
+        self.matched_rules(c).cloned().collect()
+    }
+
+    /// [`Program::matched`] without copies, for the packet path.
+    pub fn matched_rules<'a>(&'a self, c: &'a Classification) -> impl Iterator<Item = &'a RuleRef> + 'a {
+        c.matched.iter().filter_map(|&e| match &self.entries[e as usize].kind {
+            EntryKind::Rule(r) => Some(r),
+            _ => None,
+        })
     }
 
     /// Number of entries (rules and defaults).

@@ -191,8 +191,8 @@ impl Datapath {
     /// Writes a line for each Log rule (not staged) that the classification matched, within the
     /// budget of the current second.
     fn log(&self, program: &Program, c: &Classification, endpoint: &str, egress: bool, pkt: &Packet, now: u64) {
-        for rule in program.matched(c).into_iter().filter(|r| r.action == Action::Log && !r.staged) {
-            let second = now / 1_000_000_000;
+        let second = now / 1_000_000_000;
+        for rule in program.matched_rules(c).filter(|r| r.action == Action::Log && !r.staged) {
             if self.log_second.swap(second, Relaxed) != second {
                 self.log_lines.store(0, Relaxed);
             }
@@ -202,7 +202,7 @@ impl Datapath {
             let proto = proto::name(pkt.protocol).map_or_else(|| pkt.protocol.to_string(), str::to_string);
             eprintln!(
                 "palisade-packet: {} {} {endpoint} {proto} {} -> {}",
-                stats::describe_rule(&rule),
+                stats::describe_rule(rule),
                 if egress { "egress" } else { "ingress" },
                 SocketAddr::new(pkt.src, pkt.src_port),
                 SocketAddr::new(pkt.dst, pkt.dst_port),

@@ -24,9 +24,6 @@ const EXT_V6: &str = "2001:2::2";
 /// baseline may add rules and sets to it, and flush them after.
 pub const NODE_TABLE: &str = "inet palisade_lab";
 
-/// The fail-closed ruleset of the node: forward nothing.
-const FAIL_CLOSED: &str = "add table inet palisade_lab; add chain inet palisade_lab forward { type filter hook forward priority 0; policy drop; }";
-
 /// Longest lab name: the uplink `<name>-up` must fit an interface name (15 characters).
 const MAX_NAME: usize = 12;
 
@@ -80,7 +77,9 @@ impl Lab {
         let quiet = if Path::new("/proc/sys/net/ipv6").exists() { QUIET_IPV6 } else { &[] };
 
         let node = Netns::create(&format!("{}-node", spec.name))?;
-        exec_in(node.name(), &["nft", FAIL_CLOSED])?;
+        // Fail closed: forward nothing.
+        let fail_closed = format!("add table {NODE_TABLE}; add chain {NODE_TABLE} forward {{ type filter hook forward priority 0; policy drop; }}");
+        exec_in(node.name(), &["nft", &fail_closed])?;
         sysctls_in(node.name(), &[quiet, NODE_SYSCTLS].concat())?;
         if ipv6 {
             sysctls_in(node.name(), &[("net.ipv6.conf.all.forwarding", "1")])?;
