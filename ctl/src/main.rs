@@ -264,6 +264,8 @@ fn describe(d: &Decision) -> String {
         Decision::Rule(r) | Decision::Profile(r) => rule_ref(r),
         Decision::TierDefault { tier } => format!("end of tier {tier}: policies applied but none allowed, tier default Deny"),
         Decision::NoProfileMatch => "no policy or profile allowed it (default deny)".into(),
+        Decision::FallThrough => "no untracked or pre-DNAT rule matched: the next chain decides".into(),
+        Decision::NoForwardPolicy => "forwarded, and no applyOnForward policy applies: allowed".into(),
     }
 }
 

@@ -35,6 +35,10 @@ pub enum EntryKind {
     },
     /// Nothing allowed the flow.
     NoProfileMatch,
+    /// Nothing decided in an untracked or pre-DNAT chain: the next chain decides.
+    FallThrough,
+    /// No `applyOnForward` policy applies to forwarded traffic: allowed.
+    NoForwardPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -153,7 +157,11 @@ impl Program {
                 _ => break e,
             }
         };
-        let allowed = matches!(&self.entries[decided as usize].kind, EntryKind::Rule(r) if r.action == Action::Allow);
+        let allowed = match &self.entries[decided as usize].kind {
+            EntryKind::Rule(r) => r.action == Action::Allow,
+            EntryKind::NoForwardPolicy => true,
+            EntryKind::TierEnd { .. } | EntryKind::NoProfileMatch | EntryKind::FallThrough => false,
+        };
         let mut matched = passes;
         if !vc.side.is_empty() {
             let mut stopped_groups: Vec<u32> = Vec::new();
@@ -188,7 +196,14 @@ impl Program {
             EntryKind::Rule(r) => Decision::Profile(r.clone()),
             EntryKind::TierEnd { tier } => Decision::TierDefault { tier: tier.clone() },
             EntryKind::NoProfileMatch => Decision::NoProfileMatch,
+            EntryKind::FallThrough => Decision::FallThrough,
+            EntryKind::NoForwardPolicy => Decision::NoForwardPolicy,
         }
+    }
+
+    /// Whether a classification left the decision to the next chain (untracked and pre-DNAT).
+    pub fn fell_through(&self, c: &Classification) -> bool {
+        matches!(self.entries[c.decided_by as usize].kind, EntryKind::FallThrough)
     }
 
     /// The matched Log, Pass and staged rules of a classification, in the evaluator's terms.
@@ -267,6 +282,19 @@ impl Compiler {
         out
     }
 
+    /// Compiles one chain of a host endpoint, sharing a program with any endpoint whose chain is
+    /// the same. Call after [`Compiler::compile`] for the same cluster (which refreshes the sets).
+    pub fn compile_host(&mut self, cluster: &Cluster, ep: &Endpoint, chain: HostChain) -> Arc<Program> {
+        let c = Chain::of_host(cluster, ep, chain);
+        let sig = c.signature();
+        if let Some(p) = self.programs.get(&sig) {
+            return p.clone();
+        }
+        let p = Arc::new(self.build(cluster, &c));
+        self.programs.insert(sig, p.clone());
+        p
+    }
+
     /// Forgets compiled programs that use any of these policies or profiles (whose rules changed).
     pub fn invalidate(&mut self, names: &[String]) {
         self.programs.retain(|sig, _| !sig.iter().any(|s| names.iter().any(|n| s.ends_with(&format!("|{n}")))));
@@ -336,7 +364,7 @@ impl Compiler {
             }
         }
         let e = entries.len() as u32;
-        entries.push(Entry { kind: EntryKind::NoProfileMatch, segment_end: e + 1, staged_group: None });
+        entries.push(Entry { kind: chain.end.clone(), segment_end: e + 1, staged_group: None });
         checks.push(None);
         v4.0.push(TreeRule { priority: e, fields: full_fields() });
         v6.0.push(TreeRule { priority: e, fields: full_fields() });
@@ -360,6 +388,10 @@ struct Segment<'a> {
 /// An endpoint-direction's chain, as the evaluator walks it.
 struct Chain<'a> {
     segments: Vec<Segment<'a>>,
+    /// The direction whose rules the segments hold.
+    dir: Direction,
+    /// The final entry: `NoProfileMatch`, `FallThrough` or `NoForwardPolicy`.
+    end: EntryKind,
 }
 
 impl<'a> Chain<'a> {
@@ -374,17 +406,52 @@ impl<'a> Chain<'a> {
                 segments.push(Segment { parts, default_deny });
             }
         }
+        let mut chain = Chain { segments, dir, end: EntryKind::NoProfileMatch };
+        chain.push_profiles(cluster, ep, dir);
+        chain
+    }
+
+    /// A host endpoint's chain: its tiers; then, as the evaluator ends it, nothing (untracked
+    /// and pre-DNAT fall through), allow (forward chains without enforced policy), or profiles.
+    fn of_host(cluster: &'a Cluster, ep: &Endpoint, chain: HostChain) -> Chain<'a> {
+        let dir = chain.direction();
+        let views = cluster.host_tiers(ep, chain);
+        let enforced = views.iter().any(|v| v.has_enforced());
+        let decisive = !chain.falls_through();
+        let segments = views
+            .iter()
+            .map(|view| {
+                let tier = view.tier.name.clone();
+                Segment {
+                    parts: view.policies.iter().map(|p| (p.name.clone(), Some(tier.clone()), p.rules(dir), p.is_staged())).collect(),
+                    default_deny: (decisive && view.has_enforced() && view.tier.default_action == TierDefault::Deny).then_some(tier),
+                }
+            })
+            .collect();
+        let end = match chain {
+            HostChain::Untracked(_) | HostChain::PreDnat => EntryKind::FallThrough,
+            HostChain::Forward(_) if !enforced => EntryKind::NoForwardPolicy,
+            HostChain::Normal(_) | HostChain::Forward(_) => EntryKind::NoProfileMatch,
+        };
+        let mut c = Chain { segments, dir, end };
+        if c.end == EntryKind::NoProfileMatch {
+            c.push_profiles(cluster, ep, dir);
+        }
+        c
+    }
+
+    fn push_profiles(&mut self, cluster: &'a Cluster, ep: &Endpoint, dir: Direction) {
         for pname in &ep.profiles {
             if let Some(p) = cluster.profiles.get(pname) {
-                segments.push(Segment { parts: vec![(p.name.clone(), None, p.rules(dir), false)], default_deny: None });
+                self.segments.push(Segment { parts: vec![(p.name.clone(), None, p.rules(dir), false)], default_deny: None });
             }
         }
-        Chain { segments }
     }
 
     /// Identifies the chain by the names of what it contains; equal signatures compile equally.
     fn signature(&self) -> Vec<String> {
-        let mut sig = Vec::new();
+        // The direction matters: a policy's ingress and egress rules differ under the same name.
+        let mut sig = vec![format!("{}|end|{:?}", self.dir, self.end)];
         for s in &self.segments {
             sig.push(format!("segment|{}", s.default_deny.as_deref().unwrap_or("")));
             for (name, tier, rules, staged) in &s.parts {

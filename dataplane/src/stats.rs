@@ -183,6 +183,8 @@ pub fn describe(d: &Decision) -> String {
         Decision::Rule(r) | Decision::Profile(r) => describe_rule(r),
         Decision::TierDefault { tier } => format!("tier {tier} default"),
         Decision::NoProfileMatch => "no profile match".into(),
+        Decision::FallThrough => "no untracked or pre-DNAT rule matched".into(),
+        Decision::NoForwardPolicy => "no applyOnForward policy".into(),
     }
 }
 

@@ -3,15 +3,17 @@
 //! Random clusters — tiers with Deny or Pass defaults, Calico, global, staged and Kubernetes
 //! policies with every action, orders, selectors, namespace and service-account selectors, nets
 //! and notNets of both IP versions, ports, ranges, named ports and their negations, protocols and
-//! notProtocol, ICMP type/code and notICMP, network sets and a host endpoint — are compiled, and
+//! notProtocol, ICMP type/code and notICMP, network sets, a host endpoint and doNotTrack, preDNAT and
+//! applyOnForward global policies — are compiled, and
 //! for every endpoint, both directions and random IPv4 and IPv6 flows, the program's verdict,
 //! deciding rule or default, and the Log/Pass/staged rules matched on the way must equal
-//! `Evaluator::direction`.
+//! `Evaluator::direction`; each of the host endpoint's chains (untracked, pre-DNAT, normal,
+//! forward) must equal `Evaluator::host_chain`.
 
 use palisade_dataplane::compile::Compiler;
-use palisade_policy::eval::{Evaluator, Flow};
+use palisade_policy::eval::{Decision, Evaluator, Flow};
 use palisade_policy::load::{resource_from_value, Loaded};
-use palisade_policy::model::{proto, Direction};
+use palisade_policy::model::{proto, Direction, EndpointKind, HostChain};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -134,15 +136,26 @@ fn calico_policy() -> impl Strategy<Value = Value> {
         opt(pick(TYPES)),
         prop::collection::vec(rule(), 0..4),
         prop::collection::vec(rule(), 0..4),
+        pick(&["", "", "applyOnForward", "doNotTrack", "preDNAT"]),
     )
-        .prop_map(|(kind, tier, order, sel, types, ingress, egress)| {
+        .prop_map(|(kind, tier, order, sel, types, ingress, egress, host_mode)| {
             let namespaced = if kind.contains("Global") { None } else { Some("ns1") };
             let mut spec = json!({"tier": tier, "selector": sel, "ingress": ingress, "egress": egress});
             let o = spec.as_object_mut().unwrap();
+            if namespaced.is_none() && !host_mode.is_empty() {
+                o.insert("applyOnForward".into(), true.into());
+                if host_mode != "applyOnForward" {
+                    o.insert(host_mode.into(), true.into());
+                }
+                if host_mode == "preDNAT" {
+                    o.insert("egress".into(), json!([]));
+                    o.insert("types".into(), json!(["Ingress"]));
+                }
+            }
             if let Some(x) = order {
                 o.insert("order".into(), x.into());
             }
-            if let Some(t) = types {
+            if let Some(t) = types.filter(|_| !o.contains_key("types")) {
                 o.insert("types".into(), t.to_vec().into());
             }
             let mut meta = json!({"name": "set-below"});
@@ -294,7 +307,10 @@ proptest! {
             Ok(c) => c,
             Err(e) => panic!("generator produced an invalid cluster: {}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
         };
-        let programs = Compiler::new().compile(&cluster, None);
+        // The second compile reuses the first one's programs, as the agent does on every update.
+        let mut compiler = Compiler::new();
+        compiler.compile(&cluster, None);
+        let programs = compiler.compile(&cluster, None);
         let ev = Evaluator::new(&cluster);
         for ep in &cluster.endpoints {
             for dir in [Direction::Ingress, Direction::Egress] {
@@ -305,6 +321,28 @@ proptest! {
                     prop_assert_eq!(got.allowed, want.allowed, "verdict for {:?} {} {:?}", ep.name, dir, f);
                     prop_assert_eq!(prog.decision(&got), want.decided_by, "decision for {:?} {} {:?}", ep.name, dir, f);
                     prop_assert_eq!(prog.matched(&got), want.matched, "trail for {:?} {} {:?}", ep.name, dir, f);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compiled_host_chains_equal_reference_evaluator(docs in cluster_docs(), flows in prop::collection::vec(flow(), 24)) {
+        let loaded: Vec<Loaded> = docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
+        let cluster = palisade_policy::convert::build_cluster(&loaded).expect("valid cluster");
+        let mut compiler = Compiler::new();
+        compiler.compile(&cluster, None);
+        let ev = Evaluator::new(&cluster);
+        for ep in cluster.endpoints.iter().filter(|e| e.kind == EndpointKind::Host) {
+            for chain in HostChain::ALL {
+                let prog = compiler.compile_host(&cluster, ep, chain);
+                for f in &flows {
+                    let want = ev.host_chain(ep, chain, f, false);
+                    let got = prog.classify(f);
+                    prop_assert_eq!(got.allowed, want.allowed, "verdict for {} {} {:?}", ep.name, chain, f);
+                    prop_assert_eq!(prog.fell_through(&got), want.decided_by == Decision::FallThrough);
+                    prop_assert_eq!(prog.decision(&got), want.decided_by, "decision for {} {} {:?}", ep.name, chain, f);
+                    prop_assert_eq!(prog.matched(&got), want.matched, "trail for {} {} {:?}", ep.name, chain, f);
                 }
             }
         }

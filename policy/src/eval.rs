@@ -79,6 +79,12 @@ pub enum Decision {
     Profile(RuleRef),
     /// No profile rule allowed the flow (host endpoints with no profiles end here).
     NoProfileMatch,
+    /// An untracked or pre-DNAT chain in which nothing decided (`allowed` is false; the next
+    /// chain decides).
+    FallThrough,
+    /// Forwarded traffic through a host endpoint to which no `applyOnForward` policy applies:
+    /// allowed.
+    NoForwardPolicy,
 }
 
 /// The outcome for one endpoint in one direction.
@@ -123,6 +129,17 @@ enum Outcome {
     NoMatch,
 }
 
+/// How a walk ends when no tier decided.
+#[derive(Clone, Copy)]
+enum End {
+    /// With the endpoint's profiles (then default deny).
+    Profiles,
+    /// With the profiles if any enforced policy applied, else allowed (forwarded traffic).
+    ProfilesIfEnforced,
+    /// Undecided: the next chain decides.
+    FallThrough,
+}
+
 impl<'a> Evaluator<'a> {
     /// An evaluator over `cluster`.
     pub fn new(cluster: &'a Cluster) -> Self {
@@ -150,6 +167,26 @@ impl<'a> Evaluator<'a> {
     /// Evaluates one endpoint in one direction. With `enforce_staged`, staged policies replace
     /// (Set) or remove (Delete) the enforced policies of the same name, and decide.
     pub fn direction(&self, ep: &Endpoint, dir: Direction, flow: &Flow, enforce_staged: bool) -> DirectionVerdict {
+        let stages = [Stage::Untracked, Stage::PreDnat, Stage::Normal].map(|s| (s == Stage::Normal, self.cluster.tiers_for(ep, dir, s)));
+        self.walk(ep, dir, flow, enforce_staged, &stages, End::Profiles)
+    }
+
+    /// Evaluates one chain of a host endpoint (see [`HostChain`]). Untracked and pre-DNAT chains
+    /// in which nothing decides end in [`Decision::FallThrough`]; a forward chain with no
+    /// enforced policy allows ([`Decision::NoForwardPolicy`]).
+    pub fn host_chain(&self, ep: &Endpoint, chain: HostChain, flow: &Flow, enforce_staged: bool) -> DirectionVerdict {
+        let stages = [(!chain.falls_through(), self.cluster.host_tiers(ep, chain))];
+        let end = match chain {
+            HostChain::Untracked(_) | HostChain::PreDnat => End::FallThrough,
+            HostChain::Normal(_) => End::Profiles,
+            HostChain::Forward(_) => End::ProfilesIfEnforced,
+        };
+        self.walk(ep, chain.direction(), flow, enforce_staged, &stages, end)
+    }
+
+    /// Walks tiers (each stage with whether its tiers' default actions count), then ends as
+    /// `end` says.
+    fn walk(&self, ep: &Endpoint, dir: Direction, flow: &Flow, enforce_staged: bool, stages: &[(bool, Vec<TierView<'_>>)], end: End) -> DirectionVerdict {
         let mut matched = Vec::new();
         let done = |allowed: bool, decided_by: Decision, matched: Vec<RuleRef>| DirectionVerdict {
             endpoint: ep.name.clone(),
@@ -158,8 +195,9 @@ impl<'a> Evaluator<'a> {
             decided_by,
             matched,
         };
-        for stage in [Stage::Untracked, Stage::PreDnat, Stage::Normal] {
-            for view in self.cluster.tiers_for(ep, dir, stage) {
+        let mut enforced_anywhere = false;
+        for (decisive, views) in stages {
+            for view in views {
                 let policies = if enforce_staged { self.with_staged_enforced(&view.policies) } else { view.policies.clone() };
                 let mut passed = false;
                 let mut enforced_any = false;
@@ -183,11 +221,17 @@ impl<'a> Evaluator<'a> {
                         Outcome::NoMatch => {}
                     }
                 }
+                enforced_anywhere |= enforced_any;
                 // Untracked and pre-DNAT stages fall through when nothing decides.
-                if stage == Stage::Normal && !passed && enforced_any && view.tier.default_action == TierDefault::Deny {
+                if *decisive && !passed && enforced_any && view.tier.default_action == TierDefault::Deny {
                     return done(false, Decision::TierDefault { tier: view.tier.name.clone() }, matched);
                 }
             }
+        }
+        match end {
+            End::FallThrough => return done(false, Decision::FallThrough, matched),
+            End::ProfilesIfEnforced if !enforced_anywhere => return done(true, Decision::NoForwardPolicy, matched),
+            End::Profiles | End::ProfilesIfEnforced => {}
         }
         for pname in &ep.profiles {
             let Some(profile) = self.cluster.profiles.get(pname) else { continue };

@@ -2,12 +2,14 @@
 //!
 //! Data flows one way: manifests are [`load`]ed into raw [`resources`], [`convert`]ed (validated
 //! and normalized) into a [`model::Cluster`], which the reference evaluator ([`eval`]) interprets
-//! and the dataplane's compiler turns into classifiers. [`selector`] is Calico's label-selector
+//! and the dataplane's compiler turns into classifiers; [`host`] is the host-endpoint pipeline
+//! (failsafes, untracked, pre-DNAT, normal and forward chains). [`selector`] is Calico's label-selector
 //! language; [`flows`] reads the flow descriptions `palisadectl eval` takes.
 
 pub mod convert;
 pub mod eval;
 pub mod flows;
+pub mod host;
 pub mod load;
 pub mod model;
 pub mod resources;

@@ -456,6 +456,70 @@ impl Stage {
     }
 }
 
+/// One of the policy chains Calico runs for traffic through a host endpoint (the host-endpoint
+/// pipeline itself, failsafes first, is [`crate::host`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HostChain {
+    /// `doNotTrack` policies, run on every packet crossing the interface this way (forwarded
+    /// packets: ingress only); an Allow skips connection tracking, no match falls through.
+    Untracked(Direction),
+    /// `preDNAT` policies, ingress, for new flows to the host or routed through it; no match
+    /// falls through.
+    PreDnat,
+    /// Normal policies, then profiles, for traffic to or from the host's own processes.
+    Normal(Direction),
+    /// Normal policies with `applyOnForward`, then profiles, for traffic routed through the host;
+    /// allowed when no such policy applies.
+    Forward(Direction),
+}
+
+impl HostChain {
+    /// The direction whose rules the chain runs.
+    pub fn direction(self) -> Direction {
+        match self {
+            HostChain::Untracked(d) | HostChain::Normal(d) | HostChain::Forward(d) => d,
+            HostChain::PreDnat => Direction::Ingress,
+        }
+    }
+
+    /// The evaluation stage the chain's policies come from.
+    pub fn stage(self) -> Stage {
+        match self {
+            HostChain::Untracked(_) => Stage::Untracked,
+            HostChain::PreDnat => Stage::PreDnat,
+            HostChain::Normal(_) | HostChain::Forward(_) => Stage::Normal,
+        }
+    }
+
+    /// Whether no match falls through to the next chain (instead of ending in a default).
+    pub fn falls_through(self) -> bool {
+        matches!(self, HostChain::Untracked(_) | HostChain::PreDnat)
+    }
+
+    /// Every chain, in a fixed order.
+    pub const ALL: [HostChain; 7] = [
+        HostChain::Untracked(Direction::Ingress),
+        HostChain::Untracked(Direction::Egress),
+        HostChain::PreDnat,
+        HostChain::Normal(Direction::Ingress),
+        HostChain::Normal(Direction::Egress),
+        HostChain::Forward(Direction::Ingress),
+        HostChain::Forward(Direction::Egress),
+    ];
+}
+
+impl fmt::Display for HostChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostChain::Untracked(d) => write!(f, "untracked {d}"),
+            HostChain::PreDnat => f.write_str("preDNAT ingress"),
+            HostChain::Normal(d) => write!(f, "normal {d}"),
+            HostChain::Forward(d) => write!(f, "forward {d}"),
+        }
+    }
+}
+
 /// The policies of one tier that apply to an endpoint in one direction and stage.
 #[derive(Clone, Debug)]
 pub struct TierView<'a> {
@@ -505,6 +569,22 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// For a host endpoint and one of its chains: the tiers with applicable policies, in order
+    /// (empty for workload endpoints).
+    pub fn host_tiers(&self, ep: &Endpoint, chain: HostChain) -> Vec<TierView<'_>> {
+        if ep.kind != EndpointKind::Host {
+            return Vec::new();
+        }
+        let mut views = self.tiers_for(ep, chain.direction(), chain.stage());
+        if let HostChain::Forward(_) = chain {
+            for v in &mut views {
+                v.policies.retain(|p| p.apply_on_forward);
+            }
+            views.retain(|v| !v.policies.is_empty());
+        }
+        views
     }
 
     /// Whether `ip` belongs to an endpoint or network set whose labels match `sel` (Felix's
