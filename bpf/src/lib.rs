@@ -1,7 +1,8 @@
 //! Palisade's XDP redirector (`redirect.bpf.c`, compiled by `build.rs`): loads it, attaches it to
-//! interfaces with a BPF link (so the kernel detaches it when the process exits, even after a
+//! interfaces with BPF links (so the kernel detaches it when the process exits, even after a
 //! crash), registers AF_XDP sockets per RX queue, maintains the set of owned addresses, and reads
-//! its per-CPU counters.
+//! its per-CPU counters. On host endpoints it also attaches the TC egress program and shares the
+//! table of admitted flows ([`FlowTable`]) with userspace.
 
 use libbpf_rs::{Link, MapCore, MapFlags, Object, ObjectBuilder, ProgramMut};
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, RawFd};
+use std::ptr::NonNull;
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
 
@@ -21,9 +23,15 @@ const SOCKET_SLOTS: u32 = 16384;
 pub enum Mode {
     /// Every IPv4/IPv6 packet but neighbour discovery (workload interfaces).
     All = 1,
-    /// Only packets to an owned address (uplinks, host interfaces); the rest goes to the kernel.
+    /// Only packets to an owned address (uplinks); the rest goes to the kernel.
     Owned = 2,
+    /// A host endpoint: admitted flows go to the kernel, everything else to userspace; the
+    /// host's own outgoing packets are checked on TC egress the same way.
+    Host = 3,
 }
+
+/// The mark on packets userspace sends out of a host endpoint itself (TC egress lets them pass).
+pub const PALISADE_MARK: u32 = 0x50a1_5ade;
 
 /// How the kernel runs the program on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +55,23 @@ impl fmt::Display for AttachMode {
 }
 
 /// The program's counters, in the order of the C enum.
-pub const COUNTERS: [&str; 8] =
-    ["rx", "redirected", "pass_not_ip", "pass_neighbour", "pass_not_owned", "pass_unconfigured", "drop_no_socket", "drop_truncated"];
+pub const COUNTERS: [&str; 15] = [
+    "rx",
+    "redirected",
+    "pass_not_ip",
+    "pass_neighbour",
+    "pass_not_owned",
+    "pass_unconfigured",
+    "drop_no_socket",
+    "drop_truncated",
+    "pass_host_flow",
+    "egress_pass_flow",
+    "egress_to_tap",
+    "egress_pass_other",
+    "egress_drop_no_tap",
+    "reinjected",
+    "reinject_drop",
+];
 
 /// An error of the redirector, naming the interface where there is one.
 #[derive(Debug)]
@@ -69,6 +92,8 @@ fn err(context: impl fmt::Display, e: impl fmt::Display) -> Error {
 /// An interface the program is attached to.
 struct Attached {
     _link: Link,
+    /// The TC egress program's link (host endpoints).
+    _egress: Option<Link>,
     slot_base: u32,
     queues: u32,
 }
@@ -77,6 +102,8 @@ struct Attached {
 pub struct Redirector {
     object: Object,
     attached: HashMap<u32, Attached>,
+    /// TAP devices' reinjection programs, by TAP ifindex.
+    taps: HashMap<u32, Link>,
     free_bases: Vec<u32>,
 }
 
@@ -98,6 +125,7 @@ impl Redirector {
         Ok(Redirector {
             object,
             attached: HashMap::new(),
+            taps: HashMap::new(),
             free_bases: (0..SOCKET_SLOTS / SLOTS_PER_INTERFACE).rev().map(|i| i * SLOTS_PER_INTERFACE).collect(),
         })
     }
@@ -107,7 +135,51 @@ impl Redirector {
     }
 
     fn program(&self) -> ProgramMut<'_> {
-        self.object.progs_mut().next().expect("the embedded object has one program")
+        self.program_named("palisade_redirect")
+    }
+
+    fn program_named(&self, name: &str) -> ProgramMut<'_> {
+        self.object.progs_mut().find(|p| p.name() == name).unwrap_or_else(|| panic!("program {name} is in the embedded object"))
+    }
+
+    /// Attaches program `name` to `index` with a tcx link (`egress` or ingress).
+    fn attach_tcx(&self, name: &str, index: u32, ctx: &str) -> Result<Link, Error> {
+        let program = self.program_named(name);
+        // SAFETY: the options struct is zeroed and sized as libbpf expects; the program pointer
+        // is valid while `self.object` lives, and the returned link is owned by the `Link`.
+        unsafe {
+            let mut opts: libbpf_rs::libbpf_sys::bpf_tcx_opts = std::mem::zeroed();
+            opts.sz = std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_tcx_opts>() as _;
+            let raw = libbpf_rs::libbpf_sys::bpf_program__attach_tcx(
+                libbpf_rs::AsRawLibbpf::as_libbpf_object(&program).as_ptr(),
+                index as i32,
+                &opts,
+            );
+            match NonNull::new(raw) {
+                Some(link) => Ok(Link::from_ptr(link)),
+                None => Err(err(ctx, format!("attaching {name} (tcx, kernel 6.6+): {}", std::io::Error::last_os_error()))),
+            }
+        }
+    }
+
+    /// Pairs the TAP device `tap` with the host endpoint interface `host` (attached in
+    /// [`Mode::Host`]): the host's undecided outgoing packets go to the TAP, and frames written to
+    /// the TAP enter `host`'s ingress path.
+    pub fn attach_tap(&mut self, tap: u32, host: u32) -> Result<(), Error> {
+        let ctx = format!("pairing TAP device {tap} with interface {host}");
+        self.map("tap_targets").update(&tap.to_ne_bytes(), &host.to_ne_bytes(), MapFlags::ANY).map_err(|e| err(&ctx, e))?;
+        if !self.taps.contains_key(&tap) {
+            let link = self.attach_tcx("palisade_tap_ingress", tap, &ctx)?;
+            self.taps.insert(tap, link);
+        }
+        self.map("host_taps").update(&host.to_ne_bytes(), &tap.to_ne_bytes(), MapFlags::ANY).map_err(|e| err(&ctx, e))
+    }
+
+    /// Undoes [`Redirector::attach_tap`].
+    pub fn detach_tap(&mut self, tap: u32, host: u32) {
+        let _ = self.map("host_taps").delete(&host.to_ne_bytes());
+        let _ = self.map("tap_targets").delete(&tap.to_ne_bytes());
+        self.taps.remove(&tap);
     }
 
     /// Attaches the program to `interface` for `queues` RX queues, replacing any XDP program a
@@ -132,8 +204,9 @@ impl Redirector {
             .update(&index.to_ne_bytes(), &config, MapFlags::ANY)
             .map_err(|e| err(&ctx, e))
             .and_then(|()| self.replace_stale(index, &ctx))
-            .and_then(|()| self.program().attach_xdp(index as i32).map_err(|e| err(&ctx, e)));
-        let link = match link {
+            .and_then(|()| self.program().attach_xdp(index as i32).map_err(|e| err(&ctx, e)))
+            .and_then(|l| Ok((l, if mode == Mode::Host { Some(self.attach_tcx("palisade_host_egress", index, &ctx)?) } else { None })));
+        let (link, egress) = match link {
             Ok(l) => l,
             Err(e) => {
                 let _ = self.map("interfaces").delete(&index.to_ne_bytes());
@@ -141,8 +214,13 @@ impl Redirector {
                 return Err(e);
             }
         };
-        self.attached.insert(index, Attached { _link: link, slot_base, queues });
-        self.attach_mode(index).map_err(|e| err(ctx, e))
+        self.attached.insert(index, Attached { _link: link, _egress: egress, slot_base, queues });
+        let how = self.attach_mode(index).map_err(|e| err(&ctx, e))?;
+        if mode == Mode::Host && how == AttachMode::Generic {
+            let _ = self.detach(interface);
+            return Err(err(ctx, "host endpoints need native XDP: generic XDP would see reinjected packets again"));
+        }
+        Ok(how)
     }
 
     /// Detaches an XDP program attached through netlink by an earlier run (a BPF link would
@@ -204,6 +282,12 @@ impl Redirector {
         }
     }
 
+    /// A handle on the table of admitted host-endpoint flows, usable from any thread.
+    pub fn flow_table(&self) -> Result<FlowTable, Error> {
+        let map = libbpf_rs::MapHandle::try_from(&self.map("host_flows")).map_err(|e| err("opening the flow table", e))?;
+        Ok(FlowTable { map })
+    }
+
     /// The program's counters summed over CPUs, named as in [`COUNTERS`].
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, Error> {
         let map = self.map("counters");
@@ -216,5 +300,141 @@ impl Redirector {
                 Ok((*name, sum))
             })
             .collect()
+    }
+}
+
+/// A flow as it crosses a host endpoint one way: the key of the kernel's table of admitted flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The host endpoint's interface.
+    pub ifindex: u32,
+    /// Leaving through the interface (else arriving).
+    pub egress: bool,
+    /// IP protocol (TCP or UDP: the kernel side handles no others).
+    pub protocol: u8,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+}
+
+const FLOW_KEY_LEN: usize = 44;
+
+impl FlowKey {
+    /// The same flow the other way through the same interface (its replies).
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey { egress: !self.egress, src: self.dst, dst: self.src, src_port: self.dst_port, dst_port: self.src_port, ..*self }
+    }
+
+    fn bytes(&self) -> [u8; FLOW_KEY_LEN] {
+        let mut b = [0u8; FLOW_KEY_LEN];
+        b[0..4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[4] = self.egress as u8;
+        b[5] = if self.src.is_ipv4() { 4 } else { 6 };
+        b[6] = self.protocol;
+        b[8..10].copy_from_slice(&self.src_port.to_be_bytes());
+        b[10..12].copy_from_slice(&self.dst_port.to_be_bytes());
+        for (at, a) in [(12, self.src), (28, self.dst)] {
+            match a {
+                IpAddr::V4(v) => b[at..at + 4].copy_from_slice(&v.octets()),
+                IpAddr::V6(v) => b[at..at + 16].copy_from_slice(&v.octets()),
+            }
+        }
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<FlowKey> {
+        let addr = |at: usize| -> IpAddr {
+            if b[5] == 4 {
+                IpAddr::from(<[u8; 4]>::try_from(&b[at..at + 4]).expect("4 bytes"))
+            } else {
+                IpAddr::from(<[u8; 16]>::try_from(&b[at..at + 16]).expect("16 bytes"))
+            }
+        };
+        (b.len() == FLOW_KEY_LEN).then(|| FlowKey {
+            ifindex: u32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")),
+            egress: b[4] != 0,
+            protocol: b[6],
+            src_port: u16::from_be_bytes([b[8], b[9]]),
+            dst_port: u16::from_be_bytes([b[10], b[11]]),
+            src: addr(12),
+            dst: addr(28),
+        })
+    }
+}
+
+/// An admitted flow as the kernel's table holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The flow.
+    pub key: FlowKey,
+    /// Monotonic time (ns, as [`monotonic_ns`]) of its last packet through the kernel path; 0
+    /// if none yet.
+    pub seen: u64,
+    /// Packets through the kernel path.
+    pub packets: u64,
+    /// The tag given to [`FlowTable::admit`].
+    pub tag: u64,
+}
+
+/// The kernel's table of admitted host-endpoint flows: packets of these flows (but TCP SYN, FIN
+/// and RST) bypass userspace. It is an LRU table: when full, the kernel forgets the least
+/// recently used flows, whose packets then simply take the userspace path again.
+pub struct FlowTable {
+    map: libbpf_rs::MapHandle,
+}
+
+impl FlowTable {
+    /// Admits a flow (its packets at this interface and direction go to the kernel), with a tag
+    /// for userspace's own bookkeeping.
+    pub fn admit(&self, key: &FlowKey, tag: u64) -> Result<(), Error> {
+        let mut value = [0u8; 24];
+        value[16..].copy_from_slice(&tag.to_ne_bytes());
+        self.map.update(&key.bytes(), &value, MapFlags::ANY).map_err(|e| err(format!("admitting {key:?}"), e))
+    }
+
+    /// Forgets a flow (no error if it is not there).
+    pub fn remove(&self, key: &FlowKey) {
+        let _ = self.map.delete(&key.bytes());
+    }
+
+    /// Every admitted flow.
+    pub fn entries(&self) -> Vec<FlowEntry> {
+        self.map
+            .keys()
+            .filter_map(|k| {
+                let key = FlowKey::from_bytes(&k)?;
+                let v = self.map.lookup(&k, MapFlags::ANY).ok().flatten()?;
+                let word = |i: usize| v.get(i * 8..i * 8 + 8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")));
+                Some(FlowEntry { key, seen: word(0)?, packets: word(1)?, tag: word(2)? })
+            })
+            .collect()
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel's last-seen times.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_keys_round_trip() {
+        for (s, d) in [("10.0.0.1", "192.0.2.7"), ("fd00::1", "2001:db8::9")] {
+            let k = FlowKey { ifindex: 7, egress: true, protocol: 6, src: s.parse().unwrap(), dst: d.parse().unwrap(), src_port: 40000, dst_port: 22 };
+            assert_eq!(FlowKey::from_bytes(&k.bytes()), Some(k));
+            assert_eq!(k.reversed().reversed(), k);
+            assert_eq!((k.reversed().src_port, k.reversed().egress), (22, false));
+        }
     }
 }

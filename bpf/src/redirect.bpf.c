@@ -8,9 +8,19 @@
 // - ARP, IPv6 neighbour discovery and any non-IP frame: XDP_PASS, so the node's kernel answers
 //   (proxy) ARP and ND as on a Calico node.
 // - Workload interfaces (MODE_ALL): every other IPv4/IPv6 packet goes to the socket.
-// - Uplinks and host interfaces (MODE_OWNED): only packets whose destination is an address the
-//   dataplane owns (a local endpoint) go to the socket; the rest is the host's own traffic.
+// - Uplinks (MODE_OWNED): only packets whose destination is an address the dataplane owns (a
+//   local endpoint) go to the socket; the rest is the host's own traffic.
+// - Host endpoints (MODE_HOST): TCP and UDP packets of a flow that userspace has admitted (an
+//   entry in `host_flows`) go to the kernel, except TCP SYN, FIN and RST, which userspace tracks;
+//   every other packet goes to the socket, and userspace decides and reinjects it.
 // - A queue without a socket drops the packet (fail closed) and counts it.
+//
+// Host endpoints also get `palisade_host_egress` on TC egress (tcx): packets the host sends out of
+// the interface pass if their flow is admitted the same way; the others are redirected to the
+// interface's TAP device, where userspace reads, decides and sends them (marked, so they pass).
+// Userspace reinjects the arriving packets it allows by writing them to the same TAP device;
+// `palisade_tap_ingress` redirects them into the host endpoint's own ingress path, so the stack
+// sees them arrive on the real interface (reverse-path filtering, sockets bound to it, nftables).
 //
 // Counters are per-CPU; userspace sums them.
 
@@ -25,6 +35,16 @@
 
 #define MODE_ALL 1
 #define MODE_OWNED 2
+#define MODE_HOST 3
+
+// The mark userspace puts on the packets it sends out of a host endpoint itself.
+#define PALISADE_MARK 0x50a15ade
+
+// tcx return codes (linux/bpf.h of kernels before 6.6 lacks them).
+#define TCX_PASS 0
+#define TCX_DROP 2
+
+#define TCP_FLAGS_SLOW 0x07 // FIN, SYN, RST
 
 // Counter indices: keep in step with `Counter` in lib.rs.
 enum {
@@ -36,6 +56,13 @@ enum {
 	C_PASS_UNCONFIGURED,
 	C_DROP_NO_SOCKET,
 	C_DROP_TRUNCATED,
+	C_PASS_HOST_FLOW,
+	C_EGRESS_PASS_FLOW,
+	C_EGRESS_TO_TAP,
+	C_EGRESS_PASS_OTHER,
+	C_EGRESS_DROP_NO_TAP,
+	C_REINJECTED,
+	C_REINJECT_DROP,
 	C_MAX,
 };
 
@@ -85,6 +112,48 @@ struct {
 	__type(value, __u8);
 } owned_v6 SEC(".maps");
 
+// A flow as it crosses a host endpoint one way. Keep in step with `FlowKey` in lib.rs.
+struct flow_key {
+	__u32 ifindex;
+	__u8 egress; // 0: arriving through the interface, 1: leaving through it
+	__u8 family; // 4 or 6
+	__u8 proto;
+	__u8 pad;
+	__be16 sport;
+	__be16 dport;
+	__u8 src[16]; // IPv4: the first 4 bytes
+	__u8 dst[16];
+};
+
+struct flow_val {
+	__u64 seen; // bpf_ktime_get_ns() of the last packet let through here
+	__u64 packets;
+	__u64 tag; // userspace's: 0 for tracked flows, else the revision that admitted the packet
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} host_flows SEC(".maps");
+
+// Host endpoint ifindex -> its TAP device's ifindex.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} host_taps SEC(".maps");
+
+// TAP device ifindex -> its host endpoint's ifindex.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} tap_targets SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, C_MAX);
@@ -98,6 +167,53 @@ static __always_inline int count(__u32 idx, int action)
 	if (c)
 		*c += 1;
 	return action;
+}
+
+// Whether the IPv4/IPv6 packet at `l3` belongs to an admitted flow and may skip userspace; bumps
+// the flow's last-seen time when it does.
+static __always_inline int admitted(void *l3, void *end, __u16 proto, __u32 ifindex, __u8 egress)
+{
+	struct flow_key key = {.ifindex = ifindex, .egress = egress};
+	void *l4;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return 0;
+		if (ip->frag_off & bpf_htons(0x3fff)) // a fragment: userspace reassembles the verdict
+			return 0;
+		key.family = 4;
+		key.proto = ip->protocol;
+		__builtin_memcpy(key.src, &ip->saddr, 4);
+		__builtin_memcpy(key.dst, &ip->daddr, 4);
+		l4 = l3 + ip->ihl * 4;
+	} else {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		key.family = 6;
+		key.proto = ip6->nexthdr; // extension headers: not TCP/UDP here, so userspace
+		__builtin_memcpy(key.src, &ip6->saddr, 16);
+		__builtin_memcpy(key.dst, &ip6->daddr, 16);
+		l4 = ip6 + 1;
+	}
+	if (key.proto == IPPROTO_TCP) {
+		__u8 *th = l4;
+		if ((void *)(th + 14) > end || (th[13] & TCP_FLAGS_SLOW))
+			return 0;
+	} else if (key.proto != IPPROTO_UDP) {
+		return 0;
+	}
+	__be16 *ports = l4;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	key.sport = ports[0];
+	key.dport = ports[1];
+	struct flow_val *v = bpf_map_lookup_elem(&host_flows, &key);
+	if (!v)
+		return 0;
+	v->seen = bpf_ktime_get_ns();
+	v->packets += 1;
+	return 1;
 }
 
 SEC("xdp")
@@ -157,6 +273,8 @@ int palisade_redirect(struct xdp_md *ctx)
 
 	if (cfg->mode == MODE_OWNED && !owned)
 		return count(C_PASS_NOT_OWNED, XDP_PASS);
+	if (cfg->mode == MODE_HOST && admitted(l3, end, proto, ifindex, 0))
+		return count(C_PASS_HOST_FLOW, XDP_PASS);
 
 	__u32 queue = ctx->rx_queue_index;
 	if (queue >= cfg->queues)
@@ -166,6 +284,56 @@ int palisade_redirect(struct xdp_md *ctx)
 		return count(C_DROP_NO_SOCKET, XDP_DROP);
 	count(C_REDIRECTED, 0);
 	return bpf_redirect_map(&sockets, slot, XDP_DROP);
+}
+
+SEC("tcx/egress")
+int palisade_host_egress(struct __sk_buff *skb)
+{
+	if (skb->mark == PALISADE_MARK)
+		return TCX_PASS;
+	__u32 ifindex = skb->ifindex;
+	struct iface_config *cfg = bpf_map_lookup_elem(&interfaces, &ifindex);
+	if (!cfg || cfg->mode != MODE_HOST)
+		return TCX_PASS;
+	// Headers a host builds are in the linear part; pull them in if not.
+	bpf_skb_pull_data(skb, 14 + 40 + 20);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return count(C_EGRESS_PASS_OTHER, TCX_PASS);
+	__u16 proto = eth->h_proto;
+	void *l3 = eth + 1;
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > end)
+			return count(C_EGRESS_PASS_OTHER, TCX_PASS);
+		if (ip6->nexthdr == IPPROTO_ICMPV6) {
+			struct icmp6hdr *icmp6 = (void *)(ip6 + 1);
+			if ((void *)(icmp6 + 1) <= end && icmp6->icmp6_type >= 133 && icmp6->icmp6_type <= 137)
+				return count(C_EGRESS_PASS_OTHER, TCX_PASS);
+		}
+	} else if (proto != bpf_htons(ETH_P_IP)) {
+		return count(C_EGRESS_PASS_OTHER, TCX_PASS);
+	}
+	if (admitted(l3, end, proto, ifindex, 1))
+		return count(C_EGRESS_PASS_FLOW, TCX_PASS);
+	__u32 *tap = bpf_map_lookup_elem(&host_taps, &ifindex);
+	if (!tap)
+		return count(C_EGRESS_DROP_NO_TAP, TCX_DROP);
+	count(C_EGRESS_TO_TAP, 0);
+	return bpf_redirect(*tap, 0);
+}
+
+SEC("tcx/ingress")
+int palisade_tap_ingress(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	__u32 *target = bpf_map_lookup_elem(&tap_targets, &ifindex);
+	if (!target)
+		return count(C_REINJECT_DROP, TCX_DROP);
+	count(C_REINJECTED, 0);
+	return bpf_redirect(*target, BPF_F_INGRESS);
 }
 
 // Dual-licensed: the kernel needs to know it may be used under the GPL.

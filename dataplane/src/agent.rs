@@ -1,19 +1,24 @@
 //! The node agent in standalone mode: reads the cluster state from manifest files, compiles it,
-//! and keeps the packet path in step — XDP on each local workload's interface and the uplink,
-//! one AF_XDP socket per (interface, queue) handed to that queue's worker, and a new
-//! [`Snapshot`] published by an atomic swap whenever the state changes. A state that fails to
-//! load is reported and ignored: the last good one stays enforced.
+//! and keeps the packet path in step — XDP on each local workload's interface, the uplink and
+//! each protected host interface, one AF_XDP socket per (interface, queue) handed to that queue's
+//! worker, and a new [`Snapshot`] published by an atomic swap whenever the state (or the host's
+//! set of addresses) changes. A state that fails to load is reported and ignored: the last good
+//! one stays enforced. With host interfaces, it also runs the TAP reader that decides the host's
+//! own outgoing packets, and once a second reconciles the kernel's table of admitted flows with
+//! connection tracking.
 
 use crate::afxdp::QueueSocket;
 use crate::compile::Compiler;
 use crate::conntrack::{self, ConnTrack};
 use crate::datapath::{Datapath, Interface, LocalEndpoint, Mac, Role, Snapshot};
-use crate::stats::{self, WorkerStats};
+use crate::host::{self, EgressSocket, HostEndpoint, HostInterface, HostPath, HostSnapshot, Tap};
+use crate::stats::{self, Drop, WorkerStats};
 use crate::worker::{Command, Wait, Worker};
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use palisade_bpf::{Mode, Redirector};
-use palisade_policy::model::{workload_mac, Cluster, Direction, EndpointKind};
+use palisade_policy::host::Failsafes;
+use palisade_policy::model::{workload_mac, Cluster, Direction, EndpointKind, HostChain};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -38,9 +43,16 @@ pub struct Config {
     pub wait: Wait,
     /// Where to serve counters as JSON (`palisadectl stats`).
     pub stats_socket: Option<PathBuf>,
-    /// Connection-table capacity.
+    /// Connection-table capacity (of the workload table, and of each host interface's).
     pub conntrack_capacity: usize,
+    /// Host interfaces to protect with their HostEndpoints.
+    pub host_interfaces: Vec<String>,
+    /// Failsafe ports of the host endpoints.
+    pub failsafes: Failsafes,
 }
+
+/// Untracked (and unpoliced) flows leave the kernel's table after this long without a packet.
+const UNTRACKED_IDLE: Duration = Duration::from_secs(60);
 
 /// What the agent reports about itself.
 #[derive(Debug, Default, Serialize)]
@@ -55,6 +67,8 @@ pub struct Status {
     pub endpoints: Vec<String>,
     /// Endpoints of this node whose interface does not exist (inactive: their traffic cannot arrive).
     pub missing_interfaces: Vec<String>,
+    /// Protected host interfaces and the HostEndpoint applying to each (`null`: none, not policed).
+    pub host_interfaces: BTreeMap<String, Option<String>>,
 }
 
 /// The JSON served on the stats socket.
@@ -78,6 +92,12 @@ struct Agent {
     /// Interfaces of local endpoints that do not exist yet: the state is applied again when one appears.
     awaited: Vec<String>,
     status: Arc<Mutex<Status>>,
+    /// Connection tracking per protected host interface (kept across states).
+    host_conntrack: HashMap<String, Arc<ConnTrack>>,
+    /// The host-endpoint decision (with host interfaces).
+    host_path: Option<Arc<HostPath>>,
+    /// Each protected host interface's TAP device, by interface name.
+    taps: HashMap<String, Arc<Tap>>,
 }
 
 /// Runs the agent until `stop` is set; returns an error if the first state cannot be loaded
@@ -85,7 +105,16 @@ struct Agent {
 pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     let cluster = palisade_policy::load_cluster(&config.state).map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
     let conntrack = Arc::new(ConnTrack::new(conntrack::Config { capacity: config.conntrack_capacity, timeouts: Default::default() }));
-    let datapath = Arc::new(Datapath::new(conntrack.clone()));
+    let redirector = Redirector::load().map_err(|e| e.to_string())?;
+    let host_path = (!config.host_interfaces.is_empty())
+        .then(|| redirector.flow_table().map(|t| Arc::new(HostPath::new(Some(t)))))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut datapath = Datapath::new(conntrack.clone());
+    if let Some(path) = &host_path {
+        datapath = datapath.with_host(path.clone());
+    }
+    let datapath = Arc::new(datapath);
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let epoch = Instant::now();
     let mut handles = Vec::new();
@@ -99,9 +128,18 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         workers.push(tx);
         worker_stats.push(st);
     }
+    if let Some(path) = &host_path {
+        let st = Arc::new(WorkerStats::default());
+        let (path, snapshot, stop) = (path.clone(), snapshot.clone(), stop.clone());
+        let sender = EgressSocket::open().map_err(|e| format!("host endpoints: {e}"))?;
+        let stats = st.clone();
+        let reader = move || host_egress(&path, &sender, &snapshot, &stats, epoch, &stop);
+        handles.push(std::thread::Builder::new().name("palisade-host-egress".into()).spawn(reader).map_err(|e| e.to_string())?);
+        worker_stats.push(st);
+    }
     let status = Arc::new(Mutex::new(Status::default()));
     let mut agent = Agent {
-        redirector: Redirector::load().map_err(|e| e.to_string())?,
+        redirector,
         config: config.clone(),
         compiler: Compiler::new(),
         workers,
@@ -110,6 +148,9 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         owned: HashSet::new(),
         awaited: Vec::new(),
         status: status.clone(),
+        host_conntrack: HashMap::new(),
+        host_path,
+        taps: HashMap::new(),
     };
     if let Some((uplink, _)) = &config.uplink {
         agent.attach(uplink, Mode::Owned)?;
@@ -132,11 +173,12 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         }
         if last_sweep.elapsed() > Duration::from_secs(1) {
             conntrack.expire(epoch.elapsed().as_nanos() as u64);
+            agent.sweep_host(epoch);
             last_sweep = Instant::now();
         }
         let now = state_stamp(&config.state);
         let appeared = agent.awaited.iter().any(|name| palisade_bpf::ifindex(name).is_ok());
-        if now == stamp && !appeared {
+        if now == stamp && !appeared && !agent.host_addresses_changed() {
             continue;
         }
         if now != stamp {
@@ -158,7 +200,11 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         }
         revision += 1;
         match agent.apply(&cluster, revision) {
-            Ok(()) => eprintln!("palisade-dataplane: enforcing revision {revision}"),
+            Ok(()) => {
+                // Flows admitted without tracking under the previous state must be decided again.
+                agent.sweep_host(epoch);
+                eprintln!("palisade-dataplane: enforcing revision {revision}")
+            }
             Err(e) => eprintln!("palisade-dataplane: applying revision {revision}: {e}"),
         }
     }
@@ -234,6 +280,8 @@ impl Agent {
             });
             interfaces.push(Interface { name: ifname.clone(), ifindex, mac: interface_mac(ifname)?, role: Role::Workload(endpoints.len() - 1) });
         }
+        let host = self.host_snapshot(cluster, revision)?;
+        wanted.extend(host.interfaces.iter().map(|f| f.name.clone()));
         let gone: Vec<String> = self.attached.keys().filter(|n| !wanted.contains(*n)).cloned().collect();
         for name in gone {
             self.detach(&name);
@@ -247,14 +295,120 @@ impl Agent {
         }
         self.owned = owned;
         let names = endpoints.iter().map(|e| e.name.clone()).collect();
-        self.snapshot.store(Arc::new(Snapshot::new(revision, interfaces, endpoints)));
+        let host_status = host.interfaces.iter().map(|f| (f.name.clone(), f.endpoint.as_ref().map(|e| e.name.clone()))).collect();
+        self.snapshot.store(Arc::new(Snapshot::new(revision, interfaces, endpoints).with_host(host)));
         let mut st = self.status.lock().expect("lock");
+        st.host_interfaces = host_status;
         st.revision = revision;
         st.last_error = None;
         st.endpoints = names;
         st.missing_interfaces = missing;
         self.awaited = awaited;
         Ok(())
+    }
+}
+
+impl Agent {
+    /// The host-endpoint part of the state: attaches to each protected interface, finds its
+    /// HostEndpoint and compiles its chains.
+    fn host_snapshot(&mut self, cluster: &Cluster, revision: u64) -> Result<HostSnapshot, String> {
+        if self.config.host_interfaces.is_empty() {
+            return Ok(HostSnapshot::default());
+        }
+        let addrs = host::interface_addresses().map_err(|e| format!("reading the host's addresses: {e}"))?;
+        let mut interfaces = Vec::new();
+        for name in self.config.host_interfaces.clone() {
+            let ifindex = self.attach(&name, Mode::Host)?;
+            let own: Vec<IpAddr> = addrs.iter().filter(|(n, _)| *n == name).map(|(_, a)| *a).collect();
+            let endpoint = host::endpoint_for(cluster, self.config.node.as_deref(), &name, &own).map(|ep| HostEndpoint {
+                name: ep.name.clone(),
+                chains: HostChain::ALL.iter().map(|c| self.compiler.compile_host(cluster, ep, *c)).collect(),
+            });
+            let tap = match self.taps.get(&name) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = Arc::new(Tap::open(&Tap::name_for(ifindex)).map_err(|e| format!("host interface {name}: {e}"))?);
+                    self.redirector.attach_tap(t.ifindex, ifindex).map_err(|e| e.to_string())?;
+                    self.taps.insert(name.clone(), t.clone());
+                    t
+                }
+            };
+            let capacity = self.config.conntrack_capacity;
+            let conntrack = self
+                .host_conntrack
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(ConnTrack::new(conntrack::Config { capacity, timeouts: Default::default() })))
+                .clone();
+            interfaces.push(HostInterface { name, ifindex, endpoint, conntrack, tap });
+        }
+        let local = addrs.into_iter().map(|(_, a)| a).collect();
+        Ok(HostSnapshot::new(revision, interfaces, local, self.config.failsafes.clone()))
+    }
+
+    /// Whether the host's addresses differ from those the enforced state was built with.
+    fn host_addresses_changed(&self) -> bool {
+        if self.config.host_interfaces.is_empty() {
+            return false;
+        }
+        let Ok(addrs) = host::interface_addresses() else { return false };
+        let now: std::collections::HashSet<IpAddr> = addrs.into_iter().map(|(_, a)| a).collect();
+        let snap = self.snapshot.load();
+        now.len() != snap.host.local.len() || now.iter().any(|a| !snap.host.local.contains(a))
+    }
+
+    /// Expires host connection tracking and reconciles the kernel's flow table with it.
+    fn sweep_host(&self, epoch: Instant) {
+        let snap = self.snapshot.load();
+        let now = epoch.elapsed().as_nanos() as u64;
+        for f in &snap.host.interfaces {
+            f.conntrack.expire(now);
+        }
+        let Some(path) = &self.host_path else { return };
+        let mono_at_epoch = palisade_bpf::monotonic_ns().saturating_sub(now);
+        path.sweep(&snap.host, now, |seen| seen.saturating_sub(mono_at_epoch), UNTRACKED_IDLE.as_nanos() as u64);
+    }
+}
+
+/// The TAP reader: decides each packet the host sends that the kernel's flow table did not
+/// admit, and sends the allowed ones out of their interface.
+fn host_egress(path: &HostPath, sender: &EgressSocket, snapshot: &ArcSwap<Snapshot>, stats: &WorkerStats, epoch: Instant, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 65536];
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let snap = snapshot.load();
+        fds.clear();
+        fds.extend(snap.host.interfaces.iter().map(|f| libc::pollfd { fd: f.tap.fd(), events: libc::POLLIN, revents: 0 }));
+        if fds.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        // SAFETY: a valid array of pollfd for the duration of the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) } <= 0 {
+            continue;
+        }
+        for (i, f) in snap.host.interfaces.iter().enumerate() {
+            // Drain what is ready, a bounded batch per interface and round.
+            for _ in 0..64 {
+                let n = match f.tap.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!("palisade-dataplane: reading {}: {e}", f.tap.name);
+                        break;
+                    }
+                };
+                stats.count_rx(1);
+                let frame = &buf[..n];
+                let now = epoch.elapsed().as_nanos() as u64;
+                match path.decide(&snap.host, i, true, frame, now, stats) {
+                    Ok(()) => match sender.send(f.ifindex, frame) {
+                        Ok(()) => stats.count_tx(),
+                        Err(_) => stats.count_drop(Drop::HostDelivery),
+                    },
+                    Err(why) => stats.count_drop(why),
+                }
+            }
+        }
     }
 }
 

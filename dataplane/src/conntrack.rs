@@ -188,6 +188,21 @@ impl ConnTrack {
         flow.and(fragment)
     }
 
+    /// Keeps the TCP or UDP flow of `tuple` alive as if a packet going `tuple`'s way had been let
+    /// through at `seen` (by the kernel's fast path, which userspace does not see), without
+    /// changing its state; whether the flow is tracked at `now`.
+    pub fn touch(&self, tuple: &FlowTuple, seen: Option<u64>, now: u64) -> bool {
+        let (key, src_is_a) = Key::canonical(tuple);
+        self.conns
+            .update(&key, now, |entry| {
+                if let Some(seen) = seen {
+                    entry.expires = entry.expires.max(self.expiry(seen, self.timeout(tuple.protocol, entry.state)));
+                    entry.replied |= src_is_a != entry.orig_is_a;
+                }
+            })
+            .is_some()
+    }
+
     /// Removes every expired entry; returns how many.
     pub fn expire(&self, now: u64) -> usize {
         self.conns.sweep(now) + self.frags.sweep(now)

@@ -9,6 +9,8 @@
 //!
 //! A packet from a workload interface whose source address is not that workload's is dropped
 //! (Calico's anti-spoofing check); a packet for an address the node has no route for is dropped.
+//! A packet arriving on a host endpoint's interface goes through [`crate::host`] instead and,
+//! if allowed, to the host's kernel.
 //!
 //! A new flow that matches a Log rule is written to stderr as a `palisade-packet:` line (Calico
 //! writes `calico-packet:` lines to the kernel log), at most [`LOG_LINES_PER_SECOND`] a second;
@@ -16,6 +18,7 @@
 
 use crate::compile::{Classification, Program};
 use crate::conntrack::{ConnTrack, Track};
+use crate::host::{HostPath, HostSnapshot};
 use crate::packet::{self, ForwardError, Packet};
 use crate::stats::{self, Drop, WorkerStats};
 use ahash::AHashMap as HashMap;
@@ -78,6 +81,8 @@ pub struct Snapshot {
     pub interfaces: Vec<Interface>,
     /// Local workload endpoints.
     pub endpoints: Vec<LocalEndpoint>,
+    /// Host endpoints.
+    pub host: HostSnapshot,
     by_ifindex: HashMap<u32, usize>,
     by_ip: HashMap<IpAddr, usize>,
     uplink: Option<usize>,
@@ -89,7 +94,12 @@ impl Snapshot {
         let by_ifindex = interfaces.iter().enumerate().map(|(i, f)| (f.ifindex, i)).collect();
         let by_ip = endpoints.iter().enumerate().flat_map(|(i, e)| e.ips.iter().map(move |ip| (*ip, i))).collect();
         let uplink = interfaces.iter().position(|f| matches!(f.role, Role::Uplink { .. }));
-        Snapshot { revision, interfaces, endpoints, by_ifindex, by_ip, uplink }
+        Snapshot { revision, interfaces, endpoints, host: HostSnapshot::default(), by_ifindex, by_ip, uplink }
+    }
+
+    /// The snapshot with these host endpoints.
+    pub fn with_host(self, host: HostSnapshot) -> Snapshot {
+        Snapshot { host, ..self }
     }
 
     /// The local endpoint owning `ip`.
@@ -103,6 +113,8 @@ impl Snapshot {
 pub enum Verdict {
     /// Transmit the (rewritten) frame on this interface index.
     Forward(u32),
+    /// Hand the frame to the host's kernel through this host interface's TAP device.
+    ToHost(usize),
     /// Drop it, for this reason.
     Drop(Drop),
 }
@@ -113,6 +125,8 @@ pub const LOG_LINES_PER_SECOND: u64 = 100;
 /// The decision logic shared by all workers.
 pub struct Datapath {
     conntrack: Arc<ConnTrack>,
+    /// Host endpoints' decision.
+    host: Option<Arc<HostPath>>,
     /// The second (of the caller's clock) that the log budget is for, and the lines written in it.
     log_second: AtomicU64,
     log_lines: AtomicU64,
@@ -121,12 +135,23 @@ pub struct Datapath {
 impl Datapath {
     /// A datapath tracking connections in `conntrack`.
     pub fn new(conntrack: Arc<ConnTrack>) -> Datapath {
-        Datapath { conntrack, log_second: AtomicU64::new(0), log_lines: AtomicU64::new(0) }
+        Datapath { conntrack, host: None, log_second: AtomicU64::new(0), log_lines: AtomicU64::new(0) }
+    }
+
+    /// The datapath deciding host-endpoint traffic with `path`.
+    pub fn with_host(self, path: Arc<HostPath>) -> Datapath {
+        Datapath { host: Some(path), ..self }
     }
 
     /// Decides the fate of `frame`, received on `ifindex` at `now` (monotonic ns), and
     /// rewrites it for forwarding when allowed.
     pub fn decide(&self, snap: &Snapshot, ifindex: u32, frame: &mut [u8], now: u64, stats: &WorkerStats) -> Verdict {
+        if let (Some(i), Some(path)) = (snap.host.interface(ifindex), &self.host) {
+            return match path.decide(&snap.host, i, false, frame, now, stats) {
+                Ok(()) => Verdict::ToHost(i),
+                Err(why) => Verdict::Drop(why),
+            };
+        }
         let Some(&in_if) = snap.by_ifindex.get(&ifindex) else { return Verdict::Drop(Drop::UnknownInterface) };
         let pkt = match packet::parse(frame) {
             Ok(p) => p,

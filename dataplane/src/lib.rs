@@ -6,7 +6,8 @@
 //!
 //! Packet side, in the order a packet meets it: [`afxdp`] (one socket per interface and RX
 //! queue), [`worker`] (one thread per queue), [`packet`] (parsing), [`conntrack`], [`datapath`]
-//! (the per-packet decision and route), [`stats`]. [`agent`] turns manifests into the
+//! (the per-packet decision and route), [`host`] (host endpoints: the decision, delivery to the
+//! host through a TAP device, the host's own traffic), [`stats`]. [`agent`] turns manifests into the
 //! [`datapath::Snapshot`] the workers read, and attaches XDP where endpoints appear.
 
 pub mod afxdp;
@@ -15,6 +16,7 @@ pub mod classifier;
 pub mod compile;
 pub mod conntrack;
 pub mod datapath;
+pub mod host;
 pub mod ipset;
 pub mod packet;
 pub mod stats;

@@ -3,19 +3,33 @@
 use clap::Parser;
 use palisade_dataplane::agent::{self, parse_mac, Config};
 use palisade_dataplane::worker::Wait;
+use palisade_policy::host::{parse_failsafes, Failsafes};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Enforce Kubernetes and Calico network policy on this node's workload interfaces with XDP and
-/// AF_XDP. Standalone mode: the cluster state comes from manifest files, watched for changes.
+/// Enforce Kubernetes and Calico network policy on this node's workload interfaces and on the
+/// host's own interfaces (HostEndpoints) with XDP and AF_XDP. Standalone mode: the cluster state
+/// comes from manifest files, watched for changes.
 #[derive(Parser)]
 #[command(name = "palisade-dataplane", version)]
 struct Args {
-    /// Manifest files or directories holding the cluster state (Pods, Namespaces, policies, ...).
-    #[arg(long = "state", required = true)]
+    /// Manifest files or directories holding the cluster state (Pods, Namespaces, HostEndpoints,
+    /// policies, ...).
+    #[arg(long = "state", visible_alias = "policy", required = true)]
     state: Vec<PathBuf>,
+    /// A host interface to protect with its HostEndpoint (repeat for more). Interfaces without a
+    /// HostEndpoint are not policed.
+    #[arg(long = "interface")]
+    interfaces: Vec<String>,
+    /// Ports always open to the host, in Felix's syntax: `port`, `proto:port`, `proto:cidr:port`,
+    /// comma-separated, or `none`.
+    #[arg(long, default_value = palisade_policy::host::DEFAULT_INBOUND)]
+    failsafe_inbound: String,
+    /// Ports the host may always reach, in the same syntax.
+    #[arg(long, default_value = palisade_policy::host::DEFAULT_OUTBOUND)]
+    failsafe_outbound: String,
     /// RX queues per interface, one worker thread each.
     #[arg(long, default_value_t = 1)]
     queues: u32,
@@ -55,6 +69,17 @@ fn main() -> ExitCode {
         eprintln!("palisade-dataplane: --queues must be at least 1");
         return ExitCode::from(2);
     }
+    let failsafes = match (parse_failsafes(&args.failsafe_inbound), parse_failsafes(&args.failsafe_outbound)) {
+        (Ok(inbound), Ok(outbound)) => Failsafes { inbound, outbound },
+        (Err(e), _) => {
+            eprintln!("palisade-dataplane: --failsafe-inbound: {e}");
+            return ExitCode::from(2);
+        }
+        (_, Err(e)) => {
+            eprintln!("palisade-dataplane: --failsafe-outbound: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
@@ -67,6 +92,8 @@ fn main() -> ExitCode {
         wait: if args.busy_poll { Wait::BusyPoll } else { Wait::Wakeup },
         stats_socket: Some(args.stats_socket),
         conntrack_capacity: args.conntrack_capacity,
+        host_interfaces: args.interfaces,
+        failsafes,
     };
     match agent::run(config, stop) {
         Ok(()) => ExitCode::SUCCESS,

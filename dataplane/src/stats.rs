@@ -30,6 +30,8 @@ pub enum Drop {
     ConntrackFull,
     /// No transmit frame or socket for the output interface.
     TxFull,
+    /// Writing to the TAP device (to the host) or to a host interface failed.
+    HostDelivery,
 }
 
 impl Drop {
@@ -45,6 +47,7 @@ impl Drop {
             Drop::TtlExceeded => "ttl_exceeded".into(),
             Drop::ConntrackFull => "conntrack_full".into(),
             Drop::TxFull => "tx_full".into(),
+            Drop::HostDelivery => "host_delivery".into(),
         }
     }
 }

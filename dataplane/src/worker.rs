@@ -110,6 +110,13 @@ impl Worker {
                             self.stats.count_drop(Drop::TxFull);
                         }
                     }
+                    Verdict::ToHost(h) => {
+                        if snap.host.interfaces[h].tap.deliver(&self.scratch[..len]).is_ok() {
+                            self.stats.count_tx();
+                        } else {
+                            self.stats.count_drop(Drop::HostDelivery);
+                        }
+                    }
                     Verdict::Drop(why) => self.stats.count_drop(why),
                 }
             }
