@@ -15,64 +15,21 @@
 //! Every test builds its own lab (torn down by guards, panics included) and needs root.
 
 use palisade_lab::dataplane::Dataplane;
+use palisade_lab::echo::{connect, echo, EchoServer};
+use palisade_lab::state::StateDir;
 use palisade_lab::matrix::{self, Outcome, Target, EXTERNAL};
 use palisade_lab::{probe, run_in, unique_name, Lab, Listeners, Protocol};
 use palisade_policy::eval::{Evaluator, Flow};
 use palisade_policy::model::{workload_interface, workload_mac};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade-dataplane");
 const QUEUES: u32 = 2;
 const EXT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------------------------------------
-// State directory: `<tmp>/state` is a symlink to a generation directory; a new state is written
-// to a fresh generation and the symlink replaced by rename(2), so the dataplane (which polls
-// the files under the path, following the link) sees either the whole old or the whole new state.
-
-struct StateDir {
-    root: tempfile::TempDir,
-    generation: usize,
-}
-
-impl StateDir {
-    fn new(files: &[(&str, String)]) -> StateDir {
-        let mut s = StateDir { root: tempfile::tempdir().expect("tempdir"), generation: 0 };
-        s.swap(files);
-        s
-    }
-
-    /// The path the dataplane watches.
-    fn path(&self) -> PathBuf {
-        self.root.path().join("state")
-    }
-
-    /// The generation directory the state points to now.
-    fn current(&self) -> PathBuf {
-        self.root.path().join(format!("gen{}", self.generation))
-    }
-
-    /// Replaces the whole state atomically.
-    fn swap(&mut self, files: &[(&str, String)]) {
-        self.generation += 1;
-        let dir = self.current();
-        std::fs::create_dir_all(&dir).expect("generation dir");
-        for (name, text) in files {
-            std::fs::write(dir.join(name), text).expect("write manifest");
-        }
-        let link = self.root.path().join("state.new");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&dir, &link).expect("symlink");
-        std::fs::rename(&link, self.path()).expect("rename state link");
-    }
-}
 
 /// Swaps in a new state and waits until the dataplane enforces the next revision; returns it.
 fn apply(dp: &mut Dataplane, state: &mut StateDir, files: &[(&str, String)]) -> u64 {
@@ -605,60 +562,11 @@ fn icmp_errors_of_allowed_flows_are_related() {
     assert!(start.elapsed() >= timeout - Duration::from_millis(50), "a denied datagram gets no ICMP error back: {:?}", start.elapsed());
 }
 
-/// An echo server on `port` in namespace `ns`, until the returned flag is set.
-fn echo_server(ns: &str, port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let listener = run_in(ns, move || TcpListener::bind(("0.0.0.0", port))).expect("run_in").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    let flag = flag.clone();
-                    std::thread::spawn(move || {
-                        s.set_nonblocking(false).ok();
-                        s.set_read_timeout(Some(Duration::from_millis(100))).ok();
-                        let mut buf = [0u8; 256];
-                        while !flag.load(Ordering::Relaxed) {
-                            match s.read(&mut buf) {
-                                Ok(0) => return,
-                                Ok(n) => {
-                                    if s.write_all(&buf[..n]).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                                Err(_) => return,
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    });
-    (stop, thread)
-}
-
-fn connect(ns: &str, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    run_in(ns, move || TcpStream::connect_timeout(&dst, timeout))?
-}
-
-fn echo(s: &mut TcpStream, msg: &[u8]) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-    if s.write_all(msg).is_err() {
-        return false;
-    }
-    let mut buf = vec![0u8; msg.len()];
-    s.read_exact(&mut buf).is_ok() && buf == msg
-}
-
 #[test]
 fn policy_change_applies_to_new_flows_while_traffic_runs() {
     let cluster = pair_cluster(&[]);
     let mut r = rig("tp", &cluster, "");
-    let (stop, server) = echo_server(&r.ns(B), 7000);
+    let server = EchoServer::start(&r.ns(B), 7000).expect("echo server");
     let dst = SocketAddr::new(r.ip(B), 7000);
     let t = Duration::from_millis(500);
     let rev1 = r.dp.revision();
@@ -685,9 +593,7 @@ spec:
     assert!(echo(&mut again, b"after"), "echo on a new connection after the deny is removed");
     assert!(echo(&mut long, b"still"), "the long connection survived both changes");
 
-    drop((long, again));
-    stop.store(true, Ordering::Relaxed);
-    server.join().expect("echo server");
+    drop((long, again, server));
 }
 
 #[test]

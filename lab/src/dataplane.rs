@@ -1,7 +1,7 @@
-//! Runs `palisade-dataplane` in a lab's node namespace, watching a state directory that the
-//! caller changes, and waits until a given state revision is enforced.
+//! Runs `palisade-dataplane` in a lab's node namespace (or a host lab's host namespace), watching a
+//! state directory that the caller changes, and waits until a given state revision is enforced.
 
-use crate::{Lab, EXT_MAC};
+use crate::{HostLab, Lab, EXT_MAC, SIDE_A, SIDE_B};
 use serde_json::Value;
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -22,14 +22,29 @@ impl Dataplane {
     /// `queues` workers, reading the cluster state from `state`; returns once the first state
     /// is enforced on every pod of the lab.
     pub fn start(binary: &Path, lab: &Lab, state: &Path, queues: u32) -> Result<Dataplane, String> {
-        let stats = PathBuf::from(format!("/run/palisade/{}.sock", lab.node_netns()));
         let gateway = EXT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let args = ["--queues", &queues.to_string(), "--uplink", lab.uplink(), "--gateway-mac", &gateway].map(String::from);
+        Dataplane::spawn(binary, lab.node_netns(), state, &args)
+    }
+
+    /// Starts `binary` in the host lab's host namespace protecting both its interfaces, reading
+    /// HostEndpoints and policies from `state`, with `extra` arguments (failsafes); returns once
+    /// the first state is enforced.
+    pub fn start_host(binary: &Path, lab: &HostLab, state: &Path, extra: &[&str]) -> Result<Dataplane, String> {
+        let mut args: Vec<String> = ["--interface", SIDE_A.interface, "--interface", SIDE_B.interface].map(String::from).to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Dataplane::spawn(binary, lab.host_netns(), state, &args)
+    }
+
+    fn spawn(binary: &Path, ns: &str, state: &Path, args: &[String]) -> Result<Dataplane, String> {
+        let stats = PathBuf::from(format!("/run/palisade/{ns}.sock"));
         let mut child = Command::new("ip")
-            .args(["netns", "exec", lab.node_netns()])
+            .args(["netns", "exec", ns])
             .arg(binary)
             .arg("--state")
             .arg(state)
-            .args(["--queues", &queues.to_string(), "--uplink", lab.uplink(), "--gateway-mac", &gateway, "--stats-socket"])
+            .args(args)
+            .arg("--stats-socket")
             .arg(&stats)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())

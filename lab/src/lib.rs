@@ -5,19 +5,25 @@
 //! check reachability with TCP, UDP, SCTP and ICMP over IPv4 and IPv6 without subprocesses: sockets are
 //! opened inside a namespace with [`run_in`]. Everything created is removed by guards on drop, panics included.
 //! [`dataplane::Dataplane`] runs `palisade-dataplane` on a lab, and [`matrix`] probes every pod from every other.
+//! [`HostLab`] is a bare-metal host with two networks, for host-endpoint tests. [`state::StateDir`] is a
+//! manifest directory to change under a running dataplane; [`echo`] holds long-lived TCP connections.
 
 pub mod dataplane;
+pub mod echo;
 mod error;
+mod host_lab;
 pub mod matrix;
 mod netns;
 mod probe;
 mod sock;
+pub mod state;
 mod topology;
 mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use error::LabError;
+pub use host_lab::{HostLab, Side, SIDE_A, SIDE_B};
 pub use netns::{exec_in, ip, ip_in, run_in, sysctl_in, Netns};
 pub use probe::{probe, Listeners, Protocol};
 pub use topology::{Lab, LabSpec, PodSpec, EXT_MAC, NODE_TABLE};

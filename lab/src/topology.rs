@@ -158,7 +158,7 @@ impl Lab {
 }
 
 /// IPv6 without the chatter: no duplicate address detection, router solicitations or advertisements.
-const QUIET_IPV6: &[(&str, &str)] = &[
+pub(crate) const QUIET_IPV6: &[(&str, &str)] = &[
     ("net.ipv6.conf.all.accept_dad", "0"),
     ("net.ipv6.conf.default.accept_dad", "0"),
     ("net.ipv6.conf.all.accept_ra", "0"),
@@ -235,13 +235,13 @@ fn plug(node: &str, ext: &str, ns: &str, pod: &PodSpec, queues: &str) -> Result<
 /// TCP/UDP checksum left for "hardware" to fill in; copy-mode AF_XDP receives them without that note,
 /// so a dataplane forwarding them would deliver bad checksums. A CNI using an AF_XDP dataplane does the
 /// same on the workload side (physical NICs deliver complete checksums).
-fn no_checksum_offload(ns: &str) -> Result<(), LabError> {
+pub(crate) fn no_checksum_offload(ns: &str) -> Result<(), LabError> {
     exec_in(ns, &["ethtool", "-K", "eth0", "tx", "off"]).map(|_| ())
 }
 
 /// Creates a veth pair directly in its two namespaces, with `queues` RX and TX queues on both ends and the
 /// second end's MAC set.
-fn veth(a: &str, a_ns: &str, b: &str, b_ns: &str, b_mac: &str, queues: &str) -> Result<(), LabError> {
+pub(crate) fn veth(a: &str, a_ns: &str, b: &str, b_ns: &str, b_mac: &str, queues: &str) -> Result<(), LabError> {
     let q = ["numtxqueues", queues, "numrxqueues", queues];
     let args = [&["link", "add", a, "netns", a_ns][..], &q, &["type", "veth", "peer", "name", b, "address", b_mac, "netns", b_ns], &q];
     ip(&args.concat())
