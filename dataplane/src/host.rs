@@ -15,13 +15,14 @@
 //!   Each admitted flow enters the kernel's flow table both ways, so the rest of the connection
 //!   stays in the kernel.
 
-use crate::compile::Program;
+use crate::compile::{Classification, Program};
 use crate::conntrack::{ConnTrack, Track};
 use crate::packet::{self, FlowTuple, Packet};
 use crate::stats::{Drop, WorkerStats};
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use palisade_bpf::{FlowKey, FlowTable};
 use palisade_policy::host::{final_chain, untracked_chain, Crossing, Failsafes};
+use palisade_policy::eval::Flow;
 use palisade_policy::model::{proto, Cluster, Direction, Endpoint, EndpointKind, HostChain};
 use std::io;
 use std::net::IpAddr;
@@ -52,9 +53,55 @@ pub struct HostEndpoint {
     pub chains: Vec<Arc<Program>>,
 }
 
+/// What decided a packet at a host endpoint (the compiled counterpart of
+/// `palisade_policy::host::HostStep`).
+#[derive(Clone, Debug)]
+pub enum Decided<'a> {
+    /// A failsafe entry allowed it (tracked).
+    Failsafe,
+    /// A chain's program decided.
+    Chain(HostChain, &'a Arc<Program>, Classification),
+}
+
+impl Decided<'_> {
+    /// Whether the packet passes.
+    pub fn allowed(&self) -> bool {
+        match self {
+            Decided::Failsafe => true,
+            Decided::Chain(_, _, c) => c.allowed,
+        }
+    }
+}
+
 impl HostEndpoint {
     fn chain(&self, c: HostChain) -> &Arc<Program> {
         &self.chains[HostChain::ALL.iter().position(|x| *x == c).expect("every chain is compiled")]
+    }
+
+    /// Failsafes and untracked policy, for every packet (`palisade_policy::host::per_packet`);
+    /// `None` when they do not decide and connection tracking comes next.
+    pub fn per_packet(&self, failsafes: &Failsafes, crossing: Crossing, flow: &Flow) -> Option<Decided<'_>> {
+        if crossing.local && failsafes.admits(crossing.direction, flow).is_some() {
+            return Some(Decided::Failsafe);
+        }
+        let chain = untracked_chain(crossing)?;
+        let program = self.chain(chain);
+        let c = program.classify(flow);
+        (!program.fell_through(&c)).then(|| Decided::Chain(chain, program, c))
+    }
+
+    /// Pre-DNAT, then normal or forward policy, for a new flow (`palisade_policy::host::new_flow`).
+    pub fn new_flow(&self, crossing: Crossing, flow: &Flow) -> Decided<'_> {
+        if crossing.direction == Direction::Ingress {
+            let program = self.chain(HostChain::PreDnat);
+            let c = program.classify(flow);
+            if !program.fell_through(&c) {
+                return Decided::Chain(HostChain::PreDnat, program, c);
+            }
+        }
+        let chain = final_chain(crossing);
+        let program = self.chain(chain);
+        Decided::Chain(chain, program, program.classify(flow))
     }
 }
 
@@ -133,21 +180,19 @@ impl HostPath {
             self.admit(snap, f.ifindex, direction, &pkt, how);
             Ok(())
         };
-        // 1. Failsafes.
-        if local && snap.failsafes.admits(direction, &flow).is_some() {
-            return match f.conntrack.track(&pkt, now) {
-                Track::New { .. } => f.conntrack.commit(&pkt, now, 0).map_err(|_| Drop::ConntrackFull).and_then(|()| admit(Admit::Tracked)),
-                _ => admit(Admit::Tracked),
-            };
-        }
-        // 2. Untracked policy, every packet.
-        if let Some(chain) = untracked_chain(crossing) {
-            let program = hep.chain(chain);
-            let c = program.classify(&flow);
-            if !program.fell_through(&c) {
+        // 1 and 2: failsafes and untracked policy, every packet.
+        match hep.per_packet(&snap.failsafes, crossing, &flow) {
+            Some(Decided::Failsafe) => {
+                return match f.conntrack.track(&pkt, now) {
+                    Track::New { .. } => f.conntrack.commit(&pkt, now, 0).map_err(|_| Drop::ConntrackFull).and_then(|()| admit(Admit::Tracked)),
+                    _ => admit(Admit::Tracked),
+                };
+            }
+            Some(Decided::Chain(_, program, c)) => {
                 stats.count_rule(program, &c);
                 return if c.allowed { admit(Admit::Untracked) } else { Err(Drop::Policy) };
             }
+            None => {}
         }
         // 3. Connection tracking.
         match f.conntrack.track(&pkt, now) {
@@ -159,21 +204,13 @@ impl HostPath {
             Track::New { .. } => {}
         }
         // 4. A new flow: pre-DNAT, then normal or forward policy.
-        let chains: &[HostChain] = if egress { &[final_chain(crossing)] } else { &[HostChain::PreDnat, final_chain(crossing)] };
-        for &chain in chains {
-            let program = hep.chain(chain);
-            let c = program.classify(&flow);
-            if program.fell_through(&c) {
-                continue;
-            }
-            stats.count_rule(program, &c);
-            if !c.allowed {
-                return Err(Drop::Policy);
-            }
-            f.conntrack.commit(&pkt, now, c.decided_by).map_err(|_| Drop::ConntrackFull)?;
-            return admit(Admit::Tracked);
+        let Decided::Chain(_, program, c) = hep.new_flow(crossing, &flow) else { unreachable!("policy chains decide new flows") };
+        stats.count_rule(program, &c);
+        if !c.allowed {
+            return Err(Drop::Policy);
         }
-        unreachable!("normal and forward chains always decide")
+        f.conntrack.commit(&pkt, now, c.decided_by).map_err(|_| Drop::ConntrackFull)?;
+        admit(Admit::Tracked)
     }
 
     /// Enters a TCP or UDP flow into the kernel's table: both ways for tracked flows, this way

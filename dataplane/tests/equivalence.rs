@@ -8,9 +8,12 @@
 //! for every endpoint, both directions and random IPv4 and IPv6 flows, the program's verdict,
 //! deciding rule or default, and the Log/Pass/staged rules matched on the way must equal
 //! `Evaluator::direction`; each of the host endpoint's chains (untracked, pre-DNAT, normal,
-//! forward) must equal `Evaluator::host_chain`.
+//! forward) must equal `Evaluator::host_chain`, and the dataplane's host-endpoint pipeline
+//! (failsafes, untracked, pre-DNAT, normal or forward) must decide as `palisade_policy::host`.
 
 use palisade_dataplane::compile::Compiler;
+use palisade_dataplane::host::{Decided, HostEndpoint};
+use palisade_policy::host::{self, parse_failsafes, Crossing, Failsafes, HostStep};
 use palisade_policy::eval::{Decision, Evaluator, Flow};
 use palisade_policy::load::{resource_from_value, Loaded};
 use palisade_policy::model::{proto, Direction, EndpointKind, HostChain};
@@ -347,4 +350,53 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn compiled_host_pipeline_equals_reference(
+        docs in cluster_docs(),
+        flows in prop::collection::vec(flow(), 16),
+        failsafes in pick(&["default", "none", "tcp:10.0.0.0/16:80,udp:53,tcp:[fd00::/64]:8080"]),
+    ) {
+        let loaded: Vec<Loaded> = docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
+        let cluster = palisade_policy::convert::build_cluster(&loaded).expect("valid cluster");
+        let failsafes = match failsafes {
+            "default" => Failsafes::default(),
+            list => Failsafes { inbound: parse_failsafes(list).unwrap(), outbound: parse_failsafes(list).unwrap() },
+        };
+        let mut compiler = Compiler::new();
+        compiler.compile(&cluster, None);
+        let ev = Evaluator::new(&cluster);
+        for ep in cluster.endpoints.iter().filter(|e| e.kind == EndpointKind::Host) {
+            let hep = HostEndpoint { name: ep.name.clone(), chains: HostChain::ALL.iter().map(|c| compiler.compile_host(&cluster, ep, *c)).collect() };
+            for direction in [Direction::Ingress, Direction::Egress] {
+                for local in [true, false] {
+                    let crossing = Crossing { direction, local };
+                    for f in &flows {
+                        let want = host::per_packet(&ev, &failsafes, ep, crossing, f);
+                        let got = hep.per_packet(&failsafes, crossing, f);
+                        prop_assert_eq!(describe(got.as_ref()), want.as_ref().map(|v| (v.allowed, step(&v.step))), "per packet {:?} {:?}", crossing, f);
+                        let want = host::new_flow(&ev, ep, crossing, f);
+                        let got = hep.new_flow(crossing, f);
+                        prop_assert_eq!(describe(Some(&got)), Some((want.allowed, step(&want.step))), "new flow {:?} {:?}", crossing, f);
+                    }
+                }
+            }
+        }
+    }
 }
+
+/// A decision as (allowed, what decided): "failsafe" or the chain and its deciding rule.
+fn describe(d: Option<&Decided<'_>>) -> Option<(bool, String)> {
+    d.map(|d| match d {
+        Decided::Failsafe => (true, "failsafe".to_string()),
+        Decided::Chain(chain, program, c) => (c.allowed, format!("{chain}: {:?}", program.decision(c))),
+    })
+}
+
+fn step(s: &HostStep) -> String {
+    match s {
+        HostStep::Failsafe { .. } => "failsafe".to_string(),
+        HostStep::Chain { chain, verdict } => format!("{chain}: {:?}", verdict.decided_by),
+    }
+}
+
