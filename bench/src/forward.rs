@@ -13,19 +13,15 @@ use palisade_bpf::{Mode, Redirector};
 use palisade_dataplane::afxdp::QueueSocket;
 use palisade_dataplane::packet;
 use palisade_lab::dataplane::Dataplane;
-use palisade_lab::{exec_in, run_in, Lab, LabSpec, PodSpec, NODE_TABLE};
+use palisade_lab::{exec_in, Lab, LabSpec, PodSpec, NODE_TABLE};
 use palisade_policy::model::{workload_interface, workload_mac};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use crate::traffic::{cpu_times, generator, pin, udp_frame, Looper, FORWARDER_CPU, FRAME_LEN};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The generator's CPU (and that of the XDP receive of its veth).
-const GENERATOR_CPU: usize = 0;
-/// The forwarding CPU.
-const FORWARDER_CPU: usize = 1;
 const GEN: &str = "bench/gen";
 const SINK: &str = "bench/sink";
 const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
@@ -34,8 +30,6 @@ const SINK_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 const PORTS: (u16, u16) = (10_000, 60_000);
 /// Source ports of the many-flows pattern.
 const MANY_FLOWS: u16 = 1024;
-/// A 60-byte frame (64 on the wire with the FCS): Ethernet, IPv4, UDP, 18 bytes of payload.
-const FRAME_LEN: usize = 60;
 
 /// What the generator sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -59,7 +53,7 @@ impl Traffic {
     }
 
     /// The UDP source and destination port of the `i`th frame.
-    fn ports(self, i: u64) -> (u16, u16) {
+    pub(crate) fn ports(self, i: u64) -> (u16, u16) {
         match self {
             Traffic::One => (40_000, PORTS.0),
             Traffic::Many => (40_000 + (i % u64::from(MANY_FLOWS)) as u16, PORTS.0),
@@ -185,7 +179,7 @@ impl Rig {
     pub fn measure(&self, path: ForwardPath, traffic: Traffic, dataplane: &Path, warmup: Duration, window: Duration) -> Result<Window, String> {
         let _forwarder = self.start(path, dataplane)?;
         let sent = Arc::new(AtomicU64::new(0));
-        let generator = generator(self.lab.pod_netns(GEN).expect("gen pod"), traffic, self.frame(), sent.clone())?;
+        let generator = generator(self.lab.pod_netns(GEN).expect("gen pod"), move |i| traffic.ports(i), self.frame(), sent.clone())?;
         std::thread::sleep(warmup);
         let (sent0, sink0, cpu0, t0) = (sent.load(Relaxed), self.sink_count()?, cpu_times(FORWARDER_CPU)?, Instant::now());
         std::thread::sleep(window);
@@ -231,24 +225,7 @@ impl Rig {
 
     /// The generator's frame template (ports zero).
     fn frame(&self) -> [u8; FRAME_LEN] {
-        let mut f = [0u8; FRAME_LEN];
-        f[0..6].copy_from_slice(&self.gen_host_mac);
-        f[6..12].copy_from_slice(&workload_mac(GEN));
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip = &mut f[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&((FRAME_LEN - 14) as u16).to_be_bytes());
-        ip[6] = 0x40; // don't fragment
-        ip[8] = 64;
-        ip[9] = palisade_policy::model::proto::UDP;
-        ip[12..16].copy_from_slice(&GEN_IP.octets());
-        ip[16..20].copy_from_slice(&SINK_IP.octets());
-        let sum = ip.chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
-        let sum = (sum & 0xffff) + (sum >> 16);
-        ip[10..12].copy_from_slice(&(!(((sum & 0xffff) + (sum >> 16)) as u16)).to_be_bytes());
-        // UDP: ports filled per frame, length, checksum 0 (none, allowed over IPv4).
-        f[38..40].copy_from_slice(&((FRAME_LEN - 34) as u16).to_be_bytes());
-        f
+        udp_frame(self.gen_host_mac, workload_mac(GEN), GEN_IP, SINK_IP)
     }
 
     /// Frames counted by the sink so far.
@@ -378,89 +355,6 @@ fn cluster(rules: usize) -> String {
     s
 }
 
-/// A thread in a network namespace, pinned to a CPU, that sets itself up and then runs `step` until stopped.
-/// Stopping (or dropping) joins it; a failed setup is returned by [`Looper::start`].
-struct Looper {
-    name: &'static str,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<(), String>>>,
-}
-
-impl Looper {
-    fn start<S>(
-        name: &'static str,
-        ns: &str,
-        cpu: usize,
-        setup: impl FnOnce() -> Result<S, String> + Send + 'static,
-        mut step: impl FnMut(&mut S) + Send + 'static,
-    ) -> Result<Looper, String> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready, started) = mpsc::channel();
-        let (ns, stopping) = (ns.to_string(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            run_in(&ns, move || {
-                let state = pin(cpu).and_then(|()| setup());
-                let _ = ready.send(state.as_ref().map(drop).map_err(String::clone));
-                let mut state = state?;
-                while !stopping.load(Relaxed) {
-                    step(&mut state);
-                }
-                Ok(())
-            })
-            .map_err(|e| e.to_string())?
-        });
-        match started.recv() {
-            Ok(Ok(())) => Ok(Looper { name, stop, thread: Some(thread) }),
-            Ok(Err(e)) => Err(format!("{name}: {e}")),
-            Err(_) => Err(format!("{name}: {:?}", thread.join())),
-        }
-    }
-
-    fn stop(mut self) -> Result<(), String> {
-        self.join()
-    }
-
-    fn join(&mut self) -> Result<(), String> {
-        self.stop.store(true, Relaxed);
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => Err(format!("{}: {e}", self.name)),
-            Some(Err(_)) => Err(format!("{} panicked", self.name)),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Drop for Looper {
-    fn drop(&mut self) {
-        if let Err(e) = self.join() {
-            eprintln!("palisade-bench: {e}");
-        }
-    }
-}
-
-/// Sends frames as fast as its socket takes them, from the generator pod's `eth0` (AF_XDP TX, copy mode), on
-/// [`GENERATOR_CPU`]; counts what it queued in `sent`.
-fn generator(ns: &str, traffic: Traffic, template: [u8; FRAME_LEN], sent: Arc<AtomicU64>) -> Result<Looper, String> {
-    let mut frame = template;
-    let mut i = 0u64;
-    let setup = || QueueSocket::open("eth0", 0).map_err(|e| e.to_string());
-    Looper::start("generator", ns, GENERATOR_CPU, setup, move |socket| {
-        let mut queued = 0;
-        while queued < 64 {
-            let (sport, dport) = traffic.ports(i);
-            frame[34..36].copy_from_slice(&sport.to_be_bytes());
-            frame[36..38].copy_from_slice(&dport.to_be_bytes());
-            if !socket.send(&frame) {
-                break;
-            }
-            i += 1;
-            queued += 1;
-        }
-        socket.flush();
-        sent.fetch_add(queued, Relaxed);
-    })
-}
-
 /// The bare AF_XDP forwarder, on [`FORWARDER_CPU`] in the node namespace: our XDP program on the generator's
 /// host veth, one socket there and one on the sink's host veth.
 fn bare_forwarder(rig: &Rig) -> Result<Looper, String> {
@@ -500,27 +394,3 @@ fn bare_forwarder(rig: &Rig) -> Result<Looper, String> {
     })
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) -> Result<(), String> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(format!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-/// (busy, total) jiffies of `cpu` from /proc/stat.
-fn cpu_times(cpu: usize) -> Result<(u64, u64), String> {
-    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
-    let label = format!("cpu{cpu}");
-    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(label.as_str())).ok_or_else(|| format!("/proc/stat has no {label}"))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal ...
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Ok((total - idle, total))
-}

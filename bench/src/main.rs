@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use palisade_bench::classbench::{self, Filter, Shape};
 use palisade_bench::forward::{ForwardPath, PathKind, Rig, Traffic, Window};
+use palisade_bench::local::{HostRig, LocalPath, Window as LocalWindow};
 use palisade_bench::{k8s, plot, tss};
 use palisade_dataplane::classifier::linear::LinearClassifier;
 use palisade_dataplane::classifier::tree::{TreeClassifier, TreeRule};
@@ -87,6 +88,37 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Local delivery (run as root): 64-byte UDP from a client to a protected host's own sockets
+    /// through the kernel with no filter, nftables with the host policy, and palisade-dataplane
+    /// with the same policy as a HostEndpoint; then TCP connect and round-trip latency to the host.
+    /// Paths are interleaved in each round; prints every window, then medians, ranges and ratios.
+    Local {
+        /// Traffic patterns (one flow: Palisade's kernel fast path; new flows: every frame through
+        /// userspace and the reinjection path).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Traffic::One, Traffic::New])]
+        traffic: Vec<Traffic>,
+        /// Paths to measure.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LocalPath::Kernel, LocalPath::Nft, LocalPath::Palisade])]
+        paths: Vec<LocalPath>,
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Length of a measured window.
+        #[arg(long, default_value_t = 2000)]
+        window_ms: u64,
+        /// Traffic before each window.
+        #[arg(long, default_value_t = 500)]
+        warmup_ms: u64,
+        /// New TCP connections timed per path.
+        #[arg(long, default_value_t = 300)]
+        connections: usize,
+        /// Echo round trips timed per path on an established connection.
+        #[arg(long, default_value_t = 3000)]
+        round_trips: usize,
+        /// The palisade-dataplane binary (default: next to this one).
+        #[arg(long)]
+        dataplane: Option<PathBuf>,
+    },
     /// Draws the SVG of saved results (the JSON lines of `classify` or `forward`).
     Plot {
         /// The saved JSON lines.
@@ -109,6 +141,12 @@ fn main() {
             if let Some(path) = plot {
                 plot::draw_forward(&path, &summary).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
             }
+            return;
+        }
+        Command::Local { traffic, paths, rounds, window_ms, warmup_ms, connections, round_trips, dataplane } => {
+            let dataplane = dataplane.unwrap_or_else(|| sibling("palisade-dataplane"));
+            let run = LocalRun { traffic, paths, rounds, window: Duration::from_millis(window_ms), warmup: Duration::from_millis(warmup_ms), connections, round_trips };
+            local_bench(&run, &dataplane).unwrap_or_else(|e| fail(&e));
             return;
         }
         Command::Plot { results, svg } => {
@@ -239,6 +277,70 @@ fn forward_bench(run: &ForwardRun, dataplane: &std::path::Path) -> Result<Vec<Va
         }
     }
     Ok(summary)
+}
+
+struct LocalRun {
+    traffic: Vec<Traffic>,
+    paths: Vec<LocalPath>,
+    rounds: usize,
+    window: Duration,
+    warmup: Duration,
+    connections: usize,
+    round_trips: usize,
+}
+
+/// Runs the local-delivery benchmark; prints each window, the summary and the latencies as JSON lines.
+fn local_bench(run: &LocalRun, dataplane: &std::path::Path) -> Result<(), String> {
+    if !dataplane.is_file() {
+        return Err(format!("{}: not found (build it: cargo build --release -p palisade-dataplane)", dataplane.display()));
+    }
+    let rig = HostRig::up(&palisade_lab::unique_name("lb")).map_err(|e| format!("lab: {e}"))?;
+    let mut windows: Vec<(LocalPath, Traffic, LocalWindow)> = Vec::new();
+    for round in 0..run.rounds {
+        for &traffic in &run.traffic {
+            for &path in &run.paths {
+                let w = rig.measure(path, traffic, dataplane, run.warmup, run.window).map_err(|e| format!("{} / {}: {e}", path.name(), traffic.name()))?;
+                println!(
+                    "{}",
+                    json!({"scenario": "local-window", "round": round, "path": path.name(), "traffic": traffic.name(),
+                           "offered_pps": w.offered_pps.round(), "delivered_pps": w.delivered_pps.round(),
+                           "cpu_ns_per_packet": (w.cpu_ns_per_packet * 10.0).round() / 10.0})
+                );
+                windows.push((path, traffic, w));
+            }
+        }
+    }
+    for &traffic in &run.traffic {
+        let median_of = |path: LocalPath, f: fn(&LocalWindow) -> f64| {
+            let mut v: Vec<f64> = windows.iter().filter(|(p, t, _)| *p == path && *t == traffic).map(|(_, _, w)| f(w)).collect();
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let base = |p: LocalPath| if run.paths.contains(&p) { median_of(p, |w| w.delivered_pps).0 } else { f64::NAN };
+        let (kernel, nft) = (base(LocalPath::Kernel), base(LocalPath::Nft));
+        for &path in &run.paths {
+            let (pps, min, max) = median_of(path, |w| w.delivered_pps);
+            println!(
+                "{}",
+                json!({"scenario": "local", "path": path.name(), "traffic": traffic.name(),
+                       "delivered_pps": pps.round(), "min_pps": min.round(), "max_pps": max.round(),
+                       "cpu_ns_per_packet": (median_of(path, |w| w.cpu_ns_per_packet).0 * 10.0).round() / 10.0,
+                       "vs_kernel": (pps / kernel * 1000.0).round() / 1000.0, "vs_nft": (pps / nft * 1000.0).round() / 1000.0,
+                       "machine": machine(), "rounds": run.rounds, "window_ms": run.window.as_millis() as u64})
+            );
+        }
+    }
+    for &path in &run.paths {
+        let l = rig.latency(path, dataplane, run.connections, run.round_trips).map_err(|e| format!("{} latency: {e}", path.name()))?;
+        let r = |x: f64| (x * 10.0).round() / 10.0;
+        println!(
+            "{}",
+            json!({"scenario": "local-latency", "path": path.name(), "connections": run.connections, "round_trips": run.round_trips,
+                   "connect_p50_us": r(l.connect_p50_us), "connect_p99_us": r(l.connect_p99_us),
+                   "rtt_p50_us": r(l.rtt_p50_us), "rtt_p99_us": r(l.rtt_p99_us), "machine": machine()})
+        );
+    }
+    Ok(())
 }
 
 fn fail(msg: &str) -> ! {

@@ -12,8 +12,8 @@
 //!   as if from the wire (reverse-path filter, sockets bound to the interface and nftables see the
 //!   real interface) and delivers it to a local socket or routes it on. An allowed leaving packet
 //!   is sent on its interface through a packet socket, marked so that tcx lets it pass.
-//!   Each admitted flow enters the kernel's flow table both ways, so the rest of the connection
-//!   stays in the kernel.
+//!   A tracked flow enters the kernel's flow table both ways with its first established packet
+//!   (an untracked one at once, one way), so the rest of the connection stays in the kernel.
 
 use crate::compile::{Classification, Program};
 use crate::conntrack::{ConnTrack, Track};
@@ -184,7 +184,7 @@ impl HostPath {
         match hep.per_packet(&snap.failsafes, crossing, &flow) {
             Some(Decided::Failsafe) => {
                 return match f.conntrack.track(&pkt, now) {
-                    Track::New { .. } => f.conntrack.commit(&pkt, now, 0).map_err(|_| Drop::ConntrackFull).and_then(|()| admit(Admit::Tracked)),
+                    Track::New { .. } => f.conntrack.commit(&pkt, now, 0).map_err(|_| Drop::ConntrackFull),
                     _ => admit(Admit::Tracked),
                 };
             }
@@ -209,8 +209,9 @@ impl HostPath {
         if !c.allowed {
             return Err(Drop::Policy);
         }
-        f.conntrack.commit(&pkt, now, c.decided_by).map_err(|_| Drop::ConntrackFull)?;
-        admit(Admit::Tracked)
+        // The flow enters the kernel's table with its first established packet: flows of one
+        // packet (a DNS query, a scan) never cost the two table updates.
+        f.conntrack.commit(&pkt, now, c.decided_by).map_err(|_| Drop::ConntrackFull)
     }
 
     /// Enters a TCP or UDP flow into the kernel's table: both ways for tracked flows, this way
