@@ -96,8 +96,17 @@ impl Rig {
     }
 }
 
-fn xdp(v: &Value, name: &str) -> u64 {
-    v["xdp"][name].as_u64().unwrap_or(0)
+/// Waits (up to 2 s: the dataplane refreshes the XDP counters it serves every 200 ms) until the
+/// kernel-side counter `name` reaches `min`; returns the counters seen last.
+fn wait_xdp(r: &Rig, name: &str, min: u64) -> (bool, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let s = r.stats();
+        if s["xdp"][name].as_u64().unwrap_or(0) >= min || std::time::Instant::now() > deadline {
+            return (s["xdp"][name].as_u64().unwrap_or(0) >= min, s["xdp"].clone());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -186,9 +195,10 @@ fn allow_by_source_net_and_port_ordered_denies_and_live_changes() {
     for i in 0..200 {
         assert!(echo(&mut long, format!("message {i}").as_bytes()), "echo {i} before the change");
     }
-    let s = r.stats();
-    assert!(xdp(&s, "pass_host_flow") >= 150, "the connection's packets in take the kernel fast path: {}", s["xdp"]);
-    assert!(xdp(&s, "egress_pass_flow") >= 150, "and its packets out too: {}", s["xdp"]);
+    let (ok, x) = wait_xdp(&r, "pass_host_flow", 150);
+    assert!(ok, "the connection's packets in take the kernel fast path: {x}");
+    let (ok, x) = wait_xdp(&r, "egress_pass_flow", 150);
+    assert!(ok, "and its packets out too: {x}");
 
     r.apply(&ORDERED.replace("ports: [8080, 8088]", "ports: [8080]"));
     assert!(connect(r.lab.client_netns(SIDE_A), dst, T).is_err(), "after the change a new connection to 8088 is denied");
@@ -289,7 +299,8 @@ spec:
     assert!(!r.from_host(SIDE_B, Protocol::Tcp, 7001), "another port: denied");
     assert!(!r.from_host(SIDE_A, Protocol::Tcp, 7000), "another network: denied");
     assert!(!r.to_host(SIDE_B, SIDE_B, Protocol::Tcp, 8080, 4), "ingress has no allow: denied");
-    let s = r.stats();
-    assert!(xdp(&s, "egress_to_tap") >= 3, "the host's undecided packets went to userspace: {}", s["xdp"]);
-    assert!(xdp(&s, "reinjected") >= 1, "and allowed arriving packets were reinjected: {}", s["xdp"]);
+    let (ok, x) = wait_xdp(&r, "egress_to_tap", 3);
+    assert!(ok, "the host's undecided packets went to userspace: {x}");
+    let (ok, x) = wait_xdp(&r, "reinjected", 1);
+    assert!(ok, "and allowed arriving packets were reinjected: {x}");
 }
