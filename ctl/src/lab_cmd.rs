@@ -1,9 +1,11 @@
-//! `palisadectl probe` and `palisadectl stats`: the connectivity matrix through the real
-//! dataplane in a lab built from the state's pods, and the counters of a running dataplane.
+//! `palisadectl probe`, `host-probe` and `stats`: the connectivity matrix through the real
+//! dataplane in a lab built from the state's pods, the same for a protected bare-metal host, and
+//! the counters of a running dataplane.
 
 use palisade_lab::dataplane::{read_stats, Dataplane};
 use palisade_lab::matrix::{self, Outcome};
-use palisade_lab::{Lab, Protocol};
+use palisade_lab::{probe, HostLab, Lab, Listeners, Protocol, SIDE_A, SIDE_B};
+use std::net::IpAddr;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -140,5 +142,83 @@ pub fn stats(socket: &Path, json: bool) -> Result<ExitCode, String> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `palisadectl host-probe` was asked.
+pub struct HostProbeArgs {
+    pub state: Vec<PathBuf>,
+    pub steps: Vec<PathBuf>,
+    pub ports: Vec<(Protocol, u16)>,
+    pub failsafes: Vec<String>,
+    pub json: bool,
+    pub timeout: Duration,
+}
+
+/// One checked connection of `host-probe`.
+#[derive(Serialize)]
+struct HostOutcome<'a> {
+    step: &'a str,
+    path: &'static str,
+    protocol: String,
+    port: u16,
+    connected: bool,
+}
+
+/// Builds a host lab, protects it with the state's HostEndpoints and policies, and probes the
+/// host, the traffic it routes and its own connections out; again after each step.
+pub fn host_probe(args: HostProbeArgs) -> Result<ExitCode, String> {
+    for i in 0..=args.steps.len() {
+        let upto: Vec<PathBuf> = args.state.iter().chain(&args.steps[..i]).cloned().collect();
+        crate::load(&upto)?;
+    }
+    let binary = dataplane_binary()?;
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let state_dir = work.path().join("state");
+    std::fs::create_dir_all(&state_dir).map_err(|e| e.to_string())?;
+    add_to_state(&state_dir, 0, &args.state)?;
+    let lab = HostLab::up(&palisade_lab::unique_name("hp")).map_err(|e| e.to_string())?;
+    let _listeners = [lab.host_netns(), lab.client_netns(SIDE_B)]
+        .iter()
+        .map(|ns| Listeners::start(ns, &args.ports).map_err(|e| format!("listeners: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let extra: Vec<&str> = args.failsafes.iter().map(String::as_str).collect();
+    let mut dp = Dataplane::start_host(&binary, &lab, &state_dir, &extra)?;
+    // (label, from namespace, to address)
+    let paths: [(&'static str, &str, IpAddr); 5] = [
+        ("a -> host (IPv4)", lab.client_netns(SIDE_A), SIDE_A.host_ip(4)),
+        ("a -> host (IPv6)", lab.client_netns(SIDE_A), SIDE_A.host_ip(6)),
+        ("b -> host (IPv4)", lab.client_netns(SIDE_B), SIDE_B.host_ip(4)),
+        ("a -> b, routed by the host", lab.client_netns(SIDE_A), SIDE_B.client_ip(4)),
+        ("host -> b", lab.host_netns(), SIDE_B.client_ip(4)),
+    ];
+    let labels: Vec<String> = std::iter::once(display_name(&args.state)).chain(args.steps.iter().map(|s| s.display().to_string())).collect();
+    let mut out = std::io::stdout().lock();
+    for (i, label) in labels.iter().enumerate() {
+        if i > 0 {
+            let before = dp.revision();
+            add_to_state(&state_dir, i, &args.steps[i - 1..i])?;
+            dp.wait_for(before + 1, Duration::from_secs(20))?;
+        }
+        if !args.json {
+            let head: String = args.ports.iter().map(|(p, port)| format!(" {:>9}", format!("{p}/{port}"))).collect();
+            writeln!(out, "== {label} ==\n{:<28}{head}", "").ok();
+        }
+        for (name, ns, dst) in &paths {
+            let mut row = format!("{name:<28}");
+            for &(protocol, port) in &args.ports {
+                let connected = probe(ns, *dst, protocol, port, args.timeout).map_err(|e| e.to_string())?;
+                if args.json {
+                    let o = HostOutcome { step: label, path: name, protocol: protocol.to_string(), port, connected };
+                    writeln!(out, "{}", serde_json::to_string(&o).map_err(|e| e.to_string())?).ok();
+                }
+                row += &format!(" {:>9}", if connected { "." } else { "X" });
+            }
+            if !args.json {
+                writeln!(out, "{row}").ok();
+            }
+        }
+    }
+    drop(dp);
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,8 @@ use std::process::ExitCode;
 
 mod lab_cmd;
 
+use palisade_lab::Protocol;
+
 #[derive(Parser)]
 #[command(name = "palisadectl", version, about = "Palisade: evaluate, trace and manage Calico / Kubernetes network policy")]
 struct Cli {
@@ -100,6 +102,34 @@ enum Command {
         #[arg(long)]
         no_external: bool,
     },
+    /// Protect a bare-metal host in a lab with the state's HostEndpoints and policies: a host
+    /// namespace with eth0 (10.91.0.1/24, fd91::1/64, network a) and eth1 (10.92.0.1/24, network b),
+    /// palisade-dataplane on both, listeners on the host and in b; connect from a and b to the
+    /// host, from a to b through it, and from the host to b, and print what connected. With
+    /// --step, apply more manifests one after another and probe after each. Needs root.
+    HostProbe {
+        /// Manifest files or directories: HostEndpoints (interfaceName eth0, eth1) and policies.
+        #[arg(long, visible_alias = "policy", required = true, num_args = 1..)]
+        state: Vec<PathBuf>,
+        /// Manifests added (cumulatively) after the first probe; repeatable.
+        #[arg(long)]
+        step: Vec<PathBuf>,
+        /// Ports to listen on and probe, as protocol:port.
+        #[arg(long, value_delimiter = ',', default_value = "tcp:22,tcp:80,tcp:8080,udp:53")]
+        ports: Vec<String>,
+        /// Failsafe ports to the host (Felix syntax, or `none`; default: Felix's defaults).
+        #[arg(long)]
+        failsafe_inbound: Option<String>,
+        /// Failsafe ports from the host.
+        #[arg(long)]
+        failsafe_outbound: Option<String>,
+        /// Output format: a table (`.` connected, `X` blocked) or JSON lines.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+        /// Time-out of each probe, in milliseconds.
+        #[arg(long, default_value_t = 700)]
+        timeout_ms: u64,
+    },
     /// Show the counters of a running palisade-dataplane.
     Stats {
         /// Its stats socket.
@@ -138,6 +168,30 @@ fn main() -> ExitCode {
             queues,
             external: !no_external,
         }),
+        Command::HostProbe { state, step, ports, failsafe_inbound, failsafe_outbound, output, timeout_ms } => (|| {
+            let ports = ports
+                .iter()
+                .map(|p| {
+                    let (proto, port) = p.split_once(':').ok_or_else(|| format!("--ports {p:?}: expected protocol:port"))?;
+                    Ok((proto.parse::<Protocol>().map_err(|e| e.to_string())?, port.parse::<u16>().map_err(|_| format!("--ports {p:?}: bad port"))?))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let mut failsafes = Vec::new();
+            for (flag, v) in [("--failsafe-inbound", failsafe_inbound), ("--failsafe-outbound", failsafe_outbound)] {
+                if let Some(v) = v {
+                    palisade_policy::host::parse_failsafes(&v).map_err(|e| format!("{flag}: {e}"))?;
+                    failsafes.extend([flag.to_string(), v]);
+                }
+            }
+            lab_cmd::host_probe(lab_cmd::HostProbeArgs {
+                state,
+                steps: step,
+                ports,
+                failsafes,
+                json: matches!(output, Output::Json),
+                timeout: std::time::Duration::from_millis(timeout_ms),
+            })
+        })(),
         Command::Stats { socket, output } => lab_cmd::stats(&socket, matches!(output, Output::Json)),
     };
     match result {
