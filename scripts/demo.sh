@@ -4,8 +4,8 @@
 # an external host beyond the uplink), palisade-dataplane enforces the policy with XDP and AF_XDP,
 # and after each step (default deny, client -> frontend, frontend -> backend, DNS egress, external
 # ingress, a Calico GlobalNetworkPolicy) every pod connects to every other: `.` connected, `X` blocked.
-# Then the same steps are checked flow by flow against the reference evaluator. Everything is torn
-# down after. Needs root.
+# Then the same steps are checked flow by flow against the reference evaluator, and a bare-metal host
+# is protected with HostEndpoints (palisadectl host-probe). Everything is torn down after. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -25,5 +25,11 @@ for step in "${steps[@]}"; do
   "$ctl" eval --state "${state[@]}" --flows "$step/flows.jsonl" --check >/dev/null
   echo "$(basename "$step"): every flow as expected"
 done
+echo
+echo "== a bare-metal host: HostEndpoints, restrict-host-ssh, web in and DNS out (default failsafes) =="
+host=examples/protect-a-host
+"$ctl" host-probe --state "$host/00-host-endpoints" --step "$host/01-restrict-host-ssh" --step "$host/02-web-in-dns-out"
+echo "== the same with --failsafe-inbound none: now restrict-host-ssh alone decides SSH (IPv6 is outside 10.0.0.0/8) =="
+"$ctl" host-probe --state "$host/00-host-endpoints" --step "$host/01-restrict-host-ssh" --failsafe-inbound none
 echo
 echo "Try: $ctl trace $(printf -- "--state %s " "${state[@]}")10.244.1.30 10.244.1.10 TCP --dst-port 80"

@@ -9,6 +9,7 @@
 //! for every path. Each window reports the frames the sink counted per second and CPU 1's busy
 //! time per forwarded frame.
 
+use crate::traffic::{cpu_times, generator, pin, udp_frame, Looper, FORWARDER_CPU, FRAME_LEN};
 use palisade_bpf::{Mode, Redirector};
 use palisade_dataplane::afxdp::QueueSocket;
 use palisade_dataplane::packet;
@@ -17,7 +18,6 @@ use palisade_lab::{exec_in, Lab, LabSpec, PodSpec, NODE_TABLE};
 use palisade_policy::model::{workload_interface, workload_mac};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use crate::traffic::{cpu_times, generator, pin, udp_frame, Looper, FORWARDER_CPU, FRAME_LEN};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -393,4 +393,3 @@ fn bare_forwarder(rig: &Rig) -> Result<Looper, String> {
         }
     })
 }
-

@@ -8,5 +8,5 @@ pub mod forward;
 pub mod k8s;
 pub mod local;
 pub mod plot;
-pub mod tss;
 mod traffic;
+pub mod tss;

@@ -126,7 +126,10 @@ impl HostRig {
         let sh = |script: &str| exec_in(&host, &["sh", "-c", script]).map_err(|e| e.to_string());
         // The host's receive processing (NAPI, XDP, the stack) runs in a kernel thread on CPU 1,
         // leaving CPU 0 to the generator: threaded NAPI needs GRO on the veth.
-        sh(&format!("ethtool -K eth0 gro on >/dev/null && echo 1 > /sys/class/net/eth0/threaded && echo {:x} > /sys/class/net/eth0/queues/rx-0/rps_cpus", 1 << FORWARDER_CPU))?;
+        sh(&format!(
+            "ethtool -K eth0 gro on >/dev/null && echo 1 > /sys/class/net/eth0/threaded && echo {:x} > /sys/class/net/eth0/queues/rx-0/rps_cpus",
+            1 << FORWARDER_CPU
+        ))?;
         let mac = sh("cat /sys/class/net/eth0/address")?;
         let host_mac = palisade_dataplane::agent::parse_mac(mac.trim()).ok_or_else(|| format!("host MAC: {mac:?}"))?;
         let setup = || -> Result<Vec<UdpSocket>, String> {

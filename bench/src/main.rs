@@ -145,7 +145,15 @@ fn main() {
         }
         Command::Local { traffic, paths, rounds, window_ms, warmup_ms, connections, round_trips, dataplane } => {
             let dataplane = dataplane.unwrap_or_else(|| sibling("palisade-dataplane"));
-            let run = LocalRun { traffic, paths, rounds, window: Duration::from_millis(window_ms), warmup: Duration::from_millis(warmup_ms), connections, round_trips };
+            let run = LocalRun {
+                traffic,
+                paths,
+                rounds,
+                window: Duration::from_millis(window_ms),
+                warmup: Duration::from_millis(warmup_ms),
+                connections,
+                round_trips,
+            };
             local_bench(&run, &dataplane).unwrap_or_else(|e| fail(&e));
             return;
         }
@@ -299,7 +307,9 @@ fn local_bench(run: &LocalRun, dataplane: &std::path::Path) -> Result<(), String
     for round in 0..run.rounds {
         for &traffic in &run.traffic {
             for &path in &run.paths {
-                let w = rig.measure(path, traffic, dataplane, run.warmup, run.window).map_err(|e| format!("{} / {}: {e}", path.name(), traffic.name()))?;
+                let w = rig
+                    .measure(path, traffic, dataplane, run.warmup, run.window)
+                    .map_err(|e| format!("{} / {}: {e}", path.name(), traffic.name()))?;
                 println!(
                     "{}",
                     json!({"scenario": "local-window", "round": round, "path": path.name(), "traffic": traffic.name(),

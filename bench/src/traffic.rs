@@ -99,7 +99,12 @@ impl Drop for Looper {
 
 /// Sends frames as fast as its socket takes them, from `eth0` of namespace `ns` (AF_XDP TX, copy mode), on
 /// [`GENERATOR_CPU`]; counts what it queued in `sent`.
-pub(crate) fn generator(ns: &str, ports: impl Fn(u64) -> (u16, u16) + Send + 'static, template: [u8; FRAME_LEN], sent: Arc<AtomicU64>) -> Result<Looper, String> {
+pub(crate) fn generator(
+    ns: &str,
+    ports: impl Fn(u64) -> (u16, u16) + Send + 'static,
+    template: [u8; FRAME_LEN],
+    sent: Arc<AtomicU64>,
+) -> Result<Looper, String> {
     let mut frame = template;
     let mut i = 0u64;
     let setup = || QueueSocket::open("eth0", 0).map_err(|e| e.to_string());

@@ -150,11 +150,8 @@ impl Redirector {
         unsafe {
             let mut opts: libbpf_rs::libbpf_sys::bpf_tcx_opts = std::mem::zeroed();
             opts.sz = std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_tcx_opts>() as _;
-            let raw = libbpf_rs::libbpf_sys::bpf_program__attach_tcx(
-                libbpf_rs::AsRawLibbpf::as_libbpf_object(&program).as_ptr(),
-                index as i32,
-                &opts,
-            );
+            let raw =
+                libbpf_rs::libbpf_sys::bpf_program__attach_tcx(libbpf_rs::AsRawLibbpf::as_libbpf_object(&program).as_ptr(), index as i32, &opts);
             match NonNull::new(raw) {
                 Some(link) => Ok(Link::from_ptr(link)),
                 None => Err(err(ctx, format!("attaching {name} (tcx, kernel 6.6+): {}", std::io::Error::last_os_error()))),
@@ -431,7 +428,8 @@ mod tests {
     #[test]
     fn flow_keys_round_trip() {
         for (s, d) in [("10.0.0.1", "192.0.2.7"), ("fd00::1", "2001:db8::9")] {
-            let k = FlowKey { ifindex: 7, egress: true, protocol: 6, src: s.parse().unwrap(), dst: d.parse().unwrap(), src_port: 40000, dst_port: 22 };
+            let k =
+                FlowKey { ifindex: 7, egress: true, protocol: 6, src: s.parse().unwrap(), dst: d.parse().unwrap(), src_port: 40000, dst_port: 22 };
             assert_eq!(FlowKey::from_bytes(&k.bytes()), Some(k));
             assert_eq!(k.reversed().reversed(), k);
             assert_eq!((k.reversed().src_port, k.reversed().egress), (22, false));

@@ -4,10 +4,10 @@
 
 use palisade_lab::dataplane::{read_stats, Dataplane};
 use palisade_lab::matrix::{self, Outcome};
-use palisade_lab::{probe, HostLab, Lab, Listeners, Protocol, SIDE_A, SIDE_B};
-use std::net::IpAddr;
+use palisade_lab::{HostLab, Lab, Listeners, Protocol, SIDE_A, SIDE_B};
 use serde::Serialize;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -207,7 +207,7 @@ pub fn host_probe(args: HostProbeArgs) -> Result<ExitCode, String> {
         for (name, ns, dst) in &paths {
             let mut row = format!("{name:<28}");
             for &(protocol, port) in &args.ports {
-                let connected = probe(ns, *dst, protocol, port, args.timeout).map_err(|e| e.to_string())?;
+                let connected = palisade_lab::probe(ns, *dst, protocol, port, args.timeout).map_err(|e| e.to_string())?;
                 if args.json {
                     let o = HostOutcome { step: label, path: name, protocol: protocol.to_string(), port, connected };
                     writeln!(out, "{}", serde_json::to_string(&o).map_err(|e| e.to_string())?).ok();

@@ -21,8 +21,8 @@ use crate::packet::{self, FlowTuple, Packet};
 use crate::stats::{Drop, WorkerStats};
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use palisade_bpf::{FlowKey, FlowTable};
-use palisade_policy::host::{final_chain, untracked_chain, Crossing, Failsafes};
 use palisade_policy::eval::Flow;
+use palisade_policy::host::{final_chain, untracked_chain, Crossing, Failsafes};
 use palisade_policy::model::{proto, Cluster, Direction, Endpoint, EndpointKind, HostChain};
 use std::io;
 use std::net::IpAddr;
@@ -87,7 +87,7 @@ impl HostEndpoint {
         let chain = untracked_chain(crossing)?;
         let program = self.chain(chain);
         let c = program.classify(flow);
-        (!program.fell_through(&c)).then(|| Decided::Chain(chain, program, c))
+        (!program.fell_through(&c)).then_some(Decided::Chain(chain, program, c))
     }
 
     /// Pre-DNAT, then normal or forward policy, for a new flow (`palisade_policy::host::new_flow`).
@@ -136,7 +136,6 @@ impl HostSnapshot {
     pub fn interface(&self, ifindex: u32) -> Option<usize> {
         self.by_ifindex.get(&ifindex).copied()
     }
-
 }
 
 /// What to do with an admitted packet.

@@ -13,8 +13,8 @@
 
 use palisade_dataplane::compile::Compiler;
 use palisade_dataplane::host::{Decided, HostEndpoint};
-use palisade_policy::host::{self, parse_failsafes, Crossing, Failsafes, HostStep};
 use palisade_policy::eval::{Decision, Evaluator, Flow};
+use palisade_policy::host::{self, parse_failsafes, Crossing, Failsafes, HostStep};
 use palisade_policy::load::{resource_from_value, Loaded};
 use palisade_policy::model::{proto, Direction, EndpointKind, HostChain};
 use proptest::prelude::*;
@@ -399,4 +399,3 @@ fn step(s: &HostStep) -> String {
         HostStep::Chain { chain, verdict } => format!("{chain}: {:?}", verdict.decided_by),
     }
 }
-

@@ -80,7 +80,7 @@ impl Rig {
     }
 
     /// Whether the host reaches the client on `to`.
-    fn from_host(&self, to: Side, protocol: Protocol, port: u16) -> bool {
+    fn host_reaches(&self, to: Side, protocol: Protocol, port: u16) -> bool {
         probe(self.lab.host_netns(), to.client_ip(4), protocol, port, T).expect("probe")
     }
 
@@ -117,10 +117,10 @@ fn host_endpoints_deny_by_default_except_failsafes_and_forwarded_traffic() {
     assert!(!r.to_host(SIDE_A, SIDE_A, Protocol::Udp, 5353, 4), "no policy: UDP to the host is denied");
     assert!(!r.to_host(SIDE_A, SIDE_A, Protocol::Icmp, 0, 4), "no policy: ping to the host is denied");
     assert!(!r.to_host(SIDE_B, SIDE_A, Protocol::Tcp, 8080, 4), "no policy: the other interface too");
-    assert!(!r.from_host(SIDE_B, Protocol::Tcp, 7000), "no policy: the host's own connections out are denied");
+    assert!(!r.host_reaches(SIDE_B, Protocol::Tcp, 7000), "no policy: the host's own connections out are denied");
     assert!(r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 22, 4), "failsafe inbound tcp:22 (IPv4)");
     assert!(r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 22, 6), "failsafe inbound tcp:22 (IPv6)");
-    assert!(r.from_host(SIDE_B, Protocol::Udp, 53), "failsafe outbound udp:53, and its reply");
+    assert!(r.host_reaches(SIDE_B, Protocol::Udp, 53), "failsafe outbound udp:53, and its reply");
     assert!(r.through(SIDE_A, SIDE_B, Protocol::Tcp, 7000), "forwarded traffic: no applyOnForward policy, allowed");
     assert!(r.through(SIDE_B, SIDE_A, Protocol::Udp, 53), "forwarded traffic the other way");
     let s = r.stats();
@@ -129,12 +129,13 @@ fn host_endpoints_deny_by_default_except_failsafes_and_forwarded_traffic() {
 
     let r = rig("hn", "", &["--failsafe-inbound", "none", "--failsafe-outbound", "none"]);
     assert!(!r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 22, 4), "failsafes `none`: SSH is denied like the rest");
-    assert!(!r.from_host(SIDE_B, Protocol::Udp, 53), "failsafes `none`: DNS out is denied");
+    assert!(!r.host_reaches(SIDE_B, Protocol::Udp, 53), "failsafes `none`: DNS out is denied");
 }
 
 #[test]
 fn restrict_host_ssh_works_as_documented_with_and_without_failsafes() {
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/restrict-host-ssh/host-endpoint-policy.yaml")).expect("seed example");
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/restrict-host-ssh/host-endpoint-policy.yaml"))
+        .expect("seed example");
     let r = rig("hs", &example, &["--failsafe-inbound", "none"]);
     assert!(r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 22, 4), "SSH from 10.91.0.2, inside 10.0.0.0/8: allowed by rule 0");
     assert!(!r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 22, 6), "SSH from fd91::2, outside 10.0.0.0/8: denied by rule 1");
@@ -295,9 +296,9 @@ spec:
     - {action: Allow, protocol: TCP, destination: {nets: [10.92.0.0/24], ports: [7000]}}
 "#;
     let r = rig("he", egress, &["--failsafe-outbound", "none"]);
-    assert!(r.from_host(SIDE_B, Protocol::Tcp, 7000), "allowed out; the replies come in by connection tracking (no ingress allow)");
-    assert!(!r.from_host(SIDE_B, Protocol::Tcp, 7001), "another port: denied");
-    assert!(!r.from_host(SIDE_A, Protocol::Tcp, 7000), "another network: denied");
+    assert!(r.host_reaches(SIDE_B, Protocol::Tcp, 7000), "allowed out; the replies come in by connection tracking (no ingress allow)");
+    assert!(!r.host_reaches(SIDE_B, Protocol::Tcp, 7001), "another port: denied");
+    assert!(!r.host_reaches(SIDE_A, Protocol::Tcp, 7000), "another network: denied");
     assert!(!r.to_host(SIDE_B, SIDE_B, Protocol::Tcp, 8080, 4), "ingress has no allow: denied");
     let (ok, x) = wait_xdp(&r, "egress_to_tap", 3);
     assert!(ok, "the host's undecided packets went to userspace: {x}");

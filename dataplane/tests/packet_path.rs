@@ -16,8 +16,8 @@
 
 use palisade_lab::dataplane::Dataplane;
 use palisade_lab::echo::{connect, echo, EchoServer};
-use palisade_lab::state::StateDir;
 use palisade_lab::matrix::{self, Outcome, Target, EXTERNAL};
+use palisade_lab::state::StateDir;
 use palisade_lab::{probe, run_in, unique_name, Lab, Listeners, Protocol};
 use palisade_policy::eval::{Evaluator, Flow};
 use palisade_policy::model::{workload_interface, workload_mac};

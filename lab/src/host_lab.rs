@@ -30,9 +30,11 @@ pub struct Side {
 }
 
 /// The `a` side.
-pub const SIDE_A: Side = Side { interface: "eth0", host: ["10.91.0.1", "fd91::1"], client: ["10.91.0.2", "fd91::2"], client_mac: "02:00:0a:5b:00:02" };
+pub const SIDE_A: Side =
+    Side { interface: "eth0", host: ["10.91.0.1", "fd91::1"], client: ["10.91.0.2", "fd91::2"], client_mac: "02:00:0a:5b:00:02" };
 /// The `b` side.
-pub const SIDE_B: Side = Side { interface: "eth1", host: ["10.92.0.1", "fd92::1"], client: ["10.92.0.2", "fd92::2"], client_mac: "02:00:0a:5c:00:02" };
+pub const SIDE_B: Side =
+    Side { interface: "eth1", host: ["10.92.0.1", "fd92::1"], client: ["10.92.0.2", "fd92::2"], client_mac: "02:00:0a:5c:00:02" };
 
 impl Side {
     /// The host's address of this IP version (4 or 6).

@@ -186,7 +186,15 @@ impl<'a> Evaluator<'a> {
 
     /// Walks tiers (each stage with whether its tiers' default actions count), then ends as
     /// `end` says.
-    fn walk(&self, ep: &Endpoint, dir: Direction, flow: &Flow, enforce_staged: bool, stages: &[(bool, Vec<TierView<'_>>)], end: End) -> DirectionVerdict {
+    fn walk(
+        &self,
+        ep: &Endpoint,
+        dir: Direction,
+        flow: &Flow,
+        enforce_staged: bool,
+        stages: &[(bool, Vec<TierView<'_>>)],
+        end: End,
+    ) -> DirectionVerdict {
         let mut matched = Vec::new();
         let done = |allowed: bool, decided_by: Decision, matched: Vec<RuleRef>| DirectionVerdict {
             endpoint: ep.name.clone(),
