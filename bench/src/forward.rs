@@ -9,7 +9,7 @@
 //! for every path. Each window reports the frames the sink counted per second and CPU 1's busy
 //! time per forwarded frame.
 
-use crate::traffic::{cpu_times, generator, pin, udp_frame, Looper, FORWARDER_CPU, FRAME_LEN};
+use crate::traffic::{measure_window, pin, udp_frame, Looper, FORWARDER_CPU, FRAME_LEN};
 use palisade_bpf::{Mode, Redirector};
 use palisade_dataplane::afxdp::QueueSocket;
 use palisade_dataplane::packet;
@@ -18,9 +18,7 @@ use palisade_lab::{exec_in, Lab, LabSpec, PodSpec, NODE_TABLE};
 use palisade_policy::model::{workload_interface, workload_mac};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const GEN: &str = "bench/gen";
 const SINK: &str = "bench/sink";
@@ -178,22 +176,9 @@ impl Rig {
     /// Measures `path` with `traffic`: `warmup` of traffic, then a window of `window`.
     pub fn measure(&self, path: ForwardPath, traffic: Traffic, dataplane: &Path, warmup: Duration, window: Duration) -> Result<Window, String> {
         let _forwarder = self.start(path, dataplane)?;
-        let sent = Arc::new(AtomicU64::new(0));
-        let generator = generator(self.lab.pod_netns(GEN).expect("gen pod"), move |i| traffic.ports(i), self.frame(), sent.clone())?;
-        std::thread::sleep(warmup);
-        let (sent0, sink0, cpu0, t0) = (sent.load(Relaxed), self.sink_count()?, cpu_times(FORWARDER_CPU)?, Instant::now());
-        std::thread::sleep(window);
-        let (sent1, sink1, cpu1, elapsed) = (sent.load(Relaxed), self.sink_count()?, cpu_times(FORWARDER_CPU)?, t0.elapsed());
-        generator.stop()?;
-        let secs = elapsed.as_secs_f64();
-        let forwarded = sink1.saturating_sub(sink0) as f64;
-        let busy = (cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64;
-        Ok(Window {
-            offered_pps: (sent1 - sent0) as f64 / secs,
-            forwarded_pps: forwarded / secs,
-            cpu_ns_per_packet: if forwarded > 0.0 { busy * secs * 1e9 / forwarded } else { f64::NAN },
-            cpu_busy: busy,
-        })
+        let ns = self.lab.pod_netns(GEN).expect("gen pod");
+        let m = measure_window(ns, move |i| traffic.ports(i), self.frame(), warmup, window, || self.sink_count())?;
+        Ok(Window { offered_pps: m.offered_pps, forwarded_pps: m.counted_pps, cpu_ns_per_packet: m.cpu_ns_per_packet, cpu_busy: m.cpu_busy })
     }
 
     /// Starts the forwarder of `path`; it stops when the returned guard is dropped.

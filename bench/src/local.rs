@@ -16,14 +16,12 @@
 //! connection, to an echo server in the host.
 
 use crate::forward::Traffic;
-use crate::traffic::{cpu_times, generator, pin, udp_frame, Looper, FORWARDER_CPU, FRAME_LEN};
+use crate::traffic::{measure_window, pin, udp_frame, Looper, FORWARDER_CPU, FRAME_LEN};
 use palisade_lab::dataplane::Dataplane;
 use palisade_lab::echo::{echo, EchoServer};
 use palisade_lab::{exec_in, run_in, HostLab, SIDE_A};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// First UDP port of the host's sinks (the generator's destination ports start here).
@@ -162,22 +160,8 @@ impl HostRig {
         let _filter = self.start(path, dataplane)?;
         // Attaching XDP recreates the veth's NAPI threads: pin them now.
         pin_napi_threads(FORWARDER_CPU)?;
-        let sent = Arc::new(AtomicU64::new(0));
-        let ns = self.lab.client_netns(SIDE_A).to_string();
-        let generator = generator(&ns, move |i| traffic.ports(i), self.frame(), sent.clone())?;
-        std::thread::sleep(warmup);
-        let (sent0, got0, cpu0, t0) = (sent.load(Relaxed), self.udp_received()?, cpu_times(FORWARDER_CPU)?, Instant::now());
-        std::thread::sleep(window);
-        let (sent1, got1, cpu1, elapsed) = (sent.load(Relaxed), self.udp_received()?, cpu_times(FORWARDER_CPU)?, t0.elapsed());
-        generator.stop()?;
-        let secs = elapsed.as_secs_f64();
-        let delivered = got1.saturating_sub(got0) as f64;
-        let busy = (cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64;
-        Ok(Window {
-            offered_pps: (sent1 - sent0) as f64 / secs,
-            delivered_pps: delivered / secs,
-            cpu_ns_per_packet: if delivered > 0.0 { busy * secs * 1e9 / delivered } else { f64::NAN },
-        })
+        let m = measure_window(self.lab.client_netns(SIDE_A), move |i| traffic.ports(i), self.frame(), warmup, window, || self.udp_received())?;
+        Ok(Window { offered_pps: m.offered_pps, delivered_pps: m.counted_pps, cpu_ns_per_packet: m.cpu_ns_per_packet })
     }
 
     /// Measures TCP latency to the host's echo server on `path`: `connections` new connections

@@ -72,18 +72,8 @@ enum Command {
         /// Paths to measure.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [PathKind::Bare, PathKind::Palisade, PathKind::Kernel, PathKind::NftLinear, PathKind::NftSet])]
         paths: Vec<PathKind>,
-        /// Rounds (each measures every path once per traffic pattern).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Length of a measured window.
-        #[arg(long, default_value_t = 2000)]
-        window_ms: u64,
-        /// Traffic before each window.
-        #[arg(long, default_value_t = 500)]
-        warmup_ms: u64,
-        /// The palisade-dataplane binary (default: next to this one).
-        #[arg(long)]
-        dataplane: Option<PathBuf>,
+        #[command(flatten)]
+        windows: Windows,
         /// Draw the summary as an SVG.
         #[arg(long)]
         plot: Option<PathBuf>,
@@ -100,24 +90,14 @@ enum Command {
         /// Paths to measure.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LocalPath::Kernel, LocalPath::Nft, LocalPath::Palisade])]
         paths: Vec<LocalPath>,
-        /// Rounds.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Length of a measured window.
-        #[arg(long, default_value_t = 2000)]
-        window_ms: u64,
-        /// Traffic before each window.
-        #[arg(long, default_value_t = 500)]
-        warmup_ms: u64,
+        #[command(flatten)]
+        windows: Windows,
         /// New TCP connections timed per path.
         #[arg(long, default_value_t = 300)]
         connections: usize,
         /// Echo round trips timed per path on an established connection.
         #[arg(long, default_value_t = 3000)]
         round_trips: usize,
-        /// The palisade-dataplane binary (default: next to this one).
-        #[arg(long)]
-        dataplane: Option<PathBuf>,
     },
     /// Draws the SVG of saved results (the JSON lines of `classify` or `forward`).
     Plot {
@@ -128,32 +108,55 @@ enum Command {
     },
 }
 
+/// How the packet benchmarks measure: rounds of interleaved windows.
+#[derive(clap::Args)]
+struct Windows {
+    /// Rounds (each measures every path once per traffic pattern).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of a measured window.
+    #[arg(long, default_value_t = 2000)]
+    window_ms: u64,
+    /// Traffic before each window.
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
+    /// The palisade-dataplane binary (default: next to this one).
+    #[arg(long)]
+    dataplane: Option<PathBuf>,
+}
+
+impl Windows {
+    fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms)
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_millis(self.warmup_ms)
+    }
+
+    fn dataplane(&self) -> PathBuf {
+        self.dataplane.clone().unwrap_or_else(|| sibling("palisade-dataplane"))
+    }
+}
+
 fn main() {
     let (rules, shape, size, k8s, packets, baseline_packets, write_rules, plot, seed) = match Cli::parse().command {
         Command::Classify { rules, shape, size, k8s, packets, baseline_packets, write_rules, plot, seed } => {
             (rules, shape, size, k8s, packets, baseline_packets, write_rules, plot, seed)
         }
-        Command::Forward { rules, traffic, paths, rounds, window_ms, warmup_ms, dataplane, plot } => {
-            let dataplane = dataplane.unwrap_or_else(|| sibling("palisade-dataplane"));
-            let run =
-                ForwardRun { rules, traffic, paths, rounds, window: Duration::from_millis(window_ms), warmup: Duration::from_millis(warmup_ms) };
+        Command::Forward { rules, traffic, paths, windows, plot } => {
+            let dataplane = windows.dataplane();
+            let run = ForwardRun { rules, traffic, paths, rounds: windows.rounds, window: windows.window(), warmup: windows.warmup() };
             let summary = forward_bench(&run, &dataplane).unwrap_or_else(|e| fail(&e));
             if let Some(path) = plot {
                 plot::draw_forward(&path, &summary).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
             }
             return;
         }
-        Command::Local { traffic, paths, rounds, window_ms, warmup_ms, connections, round_trips, dataplane } => {
-            let dataplane = dataplane.unwrap_or_else(|| sibling("palisade-dataplane"));
-            let run = LocalRun {
-                traffic,
-                paths,
-                rounds,
-                window: Duration::from_millis(window_ms),
-                warmup: Duration::from_millis(warmup_ms),
-                connections,
-                round_trips,
-            };
+        Command::Local { traffic, paths, windows, connections, round_trips } => {
+            let dataplane = windows.dataplane();
+            let run =
+                LocalRun { traffic, paths, rounds: windows.rounds, window: windows.window(), warmup: windows.warmup(), connections, round_trips };
             local_bench(&run, &dataplane).unwrap_or_else(|e| fail(&e));
             return;
         }

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// The generator's CPU (and that of the XDP receive of its veth).
 pub(crate) const GENERATOR_CPU: usize = 0;
@@ -35,6 +36,47 @@ pub(crate) fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: 
     // UDP: ports filled per frame, length, checksum 0 (none, allowed over IPv4).
     f[38..40].copy_from_slice(&((FRAME_LEN - 34) as u16).to_be_bytes());
     f
+}
+
+/// One measured window: what the generator offered, what the receiving side counted, and the busy
+/// time of [`FORWARDER_CPU`].
+pub(crate) struct Measured {
+    /// Frames the generator handed to its socket, per second.
+    pub offered_pps: f64,
+    /// Frames the receiving side counted, per second.
+    pub counted_pps: f64,
+    /// Busy time of the forwarding CPU per counted frame, in nanoseconds.
+    pub cpu_ns_per_packet: f64,
+    /// Share of the forwarding CPU that was busy.
+    pub cpu_busy: f64,
+}
+
+/// Runs the generator from `eth0` of `ns` with `frame` and `ports`: `warmup`, then a window of
+/// `window` between two readings of `count` (a cumulative counter of received frames).
+pub(crate) fn measure_window(
+    ns: &str,
+    ports: impl Fn(u64) -> (u16, u16) + Send + 'static,
+    frame: [u8; FRAME_LEN],
+    warmup: Duration,
+    window: Duration,
+    count: impl Fn() -> Result<u64, String>,
+) -> Result<Measured, String> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let generator = generator(ns, ports, frame, sent.clone())?;
+    std::thread::sleep(warmup);
+    let (sent0, got0, cpu0, t0) = (sent.load(Relaxed), count()?, cpu_times(FORWARDER_CPU)?, Instant::now());
+    std::thread::sleep(window);
+    let (sent1, got1, cpu1, elapsed) = (sent.load(Relaxed), count()?, cpu_times(FORWARDER_CPU)?, t0.elapsed());
+    generator.stop()?;
+    let secs = elapsed.as_secs_f64();
+    let counted = got1.saturating_sub(got0) as f64;
+    let busy = (cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64;
+    Ok(Measured {
+        offered_pps: (sent1 - sent0) as f64 / secs,
+        counted_pps: counted / secs,
+        cpu_ns_per_packet: if counted > 0.0 { busy * secs * 1e9 / counted } else { f64::NAN },
+        cpu_busy: busy,
+    })
 }
 
 /// A thread in a network namespace, pinned to a CPU, that sets itself up and then runs `step` until stopped.
@@ -99,7 +141,7 @@ impl Drop for Looper {
 
 /// Sends frames as fast as its socket takes them, from `eth0` of namespace `ns` (AF_XDP TX, copy mode), on
 /// [`GENERATOR_CPU`]; counts what it queued in `sent`.
-pub(crate) fn generator(
+fn generator(
     ns: &str,
     ports: impl Fn(u64) -> (u16, u16) + Send + 'static,
     template: [u8; FRAME_LEN],
@@ -139,7 +181,7 @@ pub(crate) fn pin(cpu: usize) -> Result<(), String> {
 }
 
 /// (busy, total) jiffies of `cpu` from /proc/stat.
-pub(crate) fn cpu_times(cpu: usize) -> Result<(u64, u64), String> {
+fn cpu_times(cpu: usize) -> Result<(u64, u64), String> {
     let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
     let label = format!("cpu{cpu}");
     let line = stat.lines().find(|l| l.split_whitespace().next() == Some(label.as_str())).ok_or_else(|| format!("/proc/stat has no {label}"))?;

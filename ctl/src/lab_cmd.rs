@@ -129,6 +129,9 @@ pub fn stats(socket: &Path, json: bool) -> Result<ExitCode, String> {
     }
     let st = &v["status"];
     println!("revision {}  endpoints {}  interfaces {}", st["revision"], st["endpoints"].as_array().map_or(0, |a| a.len()), st["interfaces"]);
+    if st["host_interfaces"].as_object().is_some_and(|m| !m.is_empty()) {
+        println!("host interfaces (interface: HostEndpoint) {}", st["host_interfaces"]);
+    }
     if let Some(e) = st["last_error"].as_str() {
         println!("last rejected state: {e}");
     }

@@ -107,7 +107,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     let conntrack = Arc::new(ConnTrack::new(conntrack::Config { capacity: config.conntrack_capacity, timeouts: Default::default() }));
     let redirector = Redirector::load().map_err(|e| e.to_string())?;
     let host_path = (!config.host_interfaces.is_empty())
-        .then(|| redirector.flow_table().map(|t| Arc::new(HostPath::new(Some(t)))))
+        .then(|| redirector.flow_table().map(|t| Arc::new(HostPath::new(t))))
         .transpose()
         .map_err(|e| e.to_string())?;
     let mut datapath = Datapath::new(conntrack.clone());

@@ -138,11 +138,9 @@ impl HostSnapshot {
     }
 }
 
-/// What to do with an admitted packet.
+/// How an allowed packet's flow enters the kernel's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admit {
-    /// Nothing more (connection tracking already knows the flow, or it is not TCP/UDP).
-    None,
+enum Admit {
     /// A tracked flow: enter it both ways in the kernel's table.
     Tracked,
     /// Allowed without tracking: enter this way only, tagged with the revision.
@@ -152,12 +150,12 @@ pub enum Admit {
 /// The host-endpoint decision, shared by the workers (arriving packets) and the TAP reader
 /// (leaving packets).
 pub struct HostPath {
-    flows: Option<FlowTable>,
+    flows: FlowTable,
 }
 
 impl HostPath {
-    /// A path that admits flows into `flows` (`None`: decide only, as in tests).
-    pub fn new(flows: Option<FlowTable>) -> HostPath {
+    /// A path that admits flows into the kernel's table `flows`.
+    pub fn new(flows: FlowTable) -> HostPath {
         HostPath { flows }
     }
 
@@ -217,8 +215,8 @@ impl HostPath {
     /// only (tagged with the revision) for untracked ones. A full or failing table only costs
     /// speed: the packets keep coming to userspace.
     fn admit(&self, snap: &HostSnapshot, ifindex: u32, direction: Direction, pkt: &Packet, how: Admit) {
-        let Some(flows) = &self.flows else { return };
-        if !matches!(pkt.protocol, proto::TCP | proto::UDP) || how == Admit::None || pkt.fragment != packet::Fragment::None {
+        let flows = &self.flows;
+        if !matches!(pkt.protocol, proto::TCP | proto::UDP) || pkt.fragment != packet::Fragment::None {
             return;
         }
         let key = FlowKey {
@@ -238,7 +236,6 @@ impl HostPath {
             Admit::Untracked => {
                 let _ = flows.admit(&key, snap.revision.max(1));
             }
-            Admit::None => {}
         }
     }
 
@@ -246,10 +243,8 @@ impl HostPath {
     /// that passed in the kernel are kept alive, flows connection tracking has forgotten (closed,
     /// expired) leave the table, and so do untracked flows of an older revision or idle for
     /// `untracked_idle` ns. `to_epoch` converts the kernel's monotonic times to `now`'s clock.
-    pub fn sweep(&self, snap: &HostSnapshot, now: u64, to_epoch: impl Fn(u64) -> u64, untracked_idle: u64) -> usize {
-        let Some(flows) = &self.flows else { return 0 };
-        let mut removed = 0;
-        for e in flows.entries() {
+    pub fn sweep(&self, snap: &HostSnapshot, now: u64, to_epoch: impl Fn(u64) -> u64, untracked_idle: u64) {
+        for e in self.flows.entries() {
             let seen = (e.seen != 0).then(|| to_epoch(e.seen));
             let keep = match (e.tag, snap.interface(e.key.ifindex)) {
                 (_, None) => false,
@@ -261,11 +256,9 @@ impl HostPath {
                 (tag, Some(_)) => tag == snap.revision.max(1) && seen.is_none_or(|s| now.saturating_sub(s) < untracked_idle),
             };
             if !keep {
-                flows.remove(&e.key);
-                removed += 1;
+                self.flows.remove(&e.key);
             }
         }
-        removed
     }
 }
 
