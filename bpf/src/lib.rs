@@ -21,7 +21,8 @@ const SOCKET_SLOTS: u32 = 16384;
 /// What the redirector sends to userspace from an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Every IPv4/IPv6 packet but neighbour discovery (workload interfaces).
+    /// Every IPv4/IPv6 packet but neighbour discovery and admitted flows between the pod and
+    /// the host (workload interfaces); the host's own packets to the pod are checked on egress.
     All = 1,
     /// Only packets to an owned address (uplinks); the rest goes to the kernel.
     Owned = 2,
@@ -159,22 +160,31 @@ impl Redirector {
         }
     }
 
-    /// Pairs the TAP device `tap` with the host endpoint interface `host` (attached in
-    /// [`Mode::Host`]): the host's undecided outgoing packets go to the TAP, and frames written to
-    /// the TAP enter `host`'s ingress path.
-    pub fn attach_tap(&mut self, tap: u32, host: u32) -> Result<(), Error> {
-        let ctx = format!("pairing TAP device {tap} with interface {host}");
-        self.map("tap_targets").update(&tap.to_ne_bytes(), &host.to_ne_bytes(), MapFlags::ANY).map_err(|e| err(&ctx, e))?;
+    /// Attaches the reinjection program to the TAP device `tap`: frames written to it enter the
+    /// ingress path of `into`, or (`None`, the workloads' shared TAP) of the interface of the
+    /// owned address that sent them.
+    pub fn reinject_from(&mut self, tap: u32, into: Option<u32>) -> Result<(), Error> {
+        let ctx = format!("reinjecting from TAP device {tap}");
+        if let Some(host) = into {
+            self.map("tap_targets").update(&tap.to_ne_bytes(), &host.to_ne_bytes(), MapFlags::ANY).map_err(|e| err(&ctx, e))?;
+        }
         if !self.taps.contains_key(&tap) {
             let link = self.attach_tcx("palisade_tap_ingress", tap, &ctx)?;
             self.taps.insert(tap, link);
         }
-        self.map("host_taps").update(&host.to_ne_bytes(), &tap.to_ne_bytes(), MapFlags::ANY).map_err(|e| err(&ctx, e))
+        Ok(())
     }
 
-    /// Undoes [`Redirector::attach_tap`].
-    pub fn detach_tap(&mut self, tap: u32, host: u32) {
-        let _ = self.map("host_taps").delete(&host.to_ne_bytes());
+    /// Sends the undecided packets the host sends out of `iface` (attached in [`Mode::Host`] or
+    /// [`Mode::All`]) to the TAP device `tap`.
+    pub fn capture_egress(&self, iface: u32, tap: u32) -> Result<(), Error> {
+        self.map("host_taps")
+            .update(&iface.to_ne_bytes(), &tap.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| err(format!("capturing egress of {iface}"), e))
+    }
+
+    /// Undoes [`Redirector::reinject_from`].
+    pub fn detach_tap(&mut self, tap: u32) {
         let _ = self.map("tap_targets").delete(&tap.to_ne_bytes());
         self.taps.remove(&tap);
     }
@@ -202,7 +212,7 @@ impl Redirector {
             .map_err(|e| err(&ctx, e))
             .and_then(|()| self.replace_stale(index, &ctx))
             .and_then(|()| self.program().attach_xdp(index as i32).map_err(|e| err(&ctx, e)))
-            .and_then(|l| Ok((l, if mode == Mode::Host { Some(self.attach_tcx("palisade_host_egress", index, &ctx)?) } else { None })));
+            .and_then(|l| Ok((l, if mode == Mode::Owned { None } else { Some(self.attach_tcx("palisade_host_egress", index, &ctx)?) })));
         let (link, egress) = match link {
             Ok(l) => l,
             Err(e) => {
@@ -248,6 +258,7 @@ impl Redirector {
         let index = ifindex(interface)?;
         let a = self.attached.remove(&index).ok_or_else(|| err(format!("detaching XDP from {interface}"), "not attached"))?;
         let _ = self.map("interfaces").delete(&index.to_ne_bytes());
+        let _ = self.map("host_taps").delete(&index.to_ne_bytes());
         for q in 0..a.queues {
             let _ = self.map("sockets").delete(&(a.slot_base + q).to_ne_bytes());
         }
@@ -266,16 +277,20 @@ impl Redirector {
         self.map("sockets").update(&(a.slot_base + queue).to_ne_bytes(), &(fd as u32).to_ne_bytes(), MapFlags::ANY).map_err(|e| err(ctx, e))
     }
 
-    /// Marks `addr` as owned (redirected from `Mode::Owned` interfaces) or not.
-    pub fn set_owned(&self, addr: IpAddr, owned: bool) -> Result<(), Error> {
+    /// Marks `addr` as owned by the local endpoint on interface `ifindex` (redirected from
+    /// `Mode::Owned` interfaces; the source of what the workloads' TAP reinjects), or not (`None`).
+    pub fn set_owned(&self, addr: IpAddr, ifindex: Option<u32>) -> Result<(), Error> {
         let (map, key) = match addr {
             IpAddr::V4(a) => ("owned_v4", [32u32.to_ne_bytes().as_slice(), &a.octets()].concat()),
             IpAddr::V6(a) => ("owned_v6", [128u32.to_ne_bytes().as_slice(), &a.octets()].concat()),
         };
-        let r = if owned { self.map(map).update(&key, &[1], MapFlags::ANY) } else { self.map(map).delete(&key) };
+        let r = match ifindex {
+            Some(i) => self.map(map).update(&key, &i.to_ne_bytes(), MapFlags::ANY),
+            None => self.map(map).delete(&key),
+        };
         match r {
-            Err(e) if !owned && e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            r => r.map_err(|e| err(format!("{} owned address {addr}", if owned { "adding" } else { "removing" }), e)),
+            Err(e) if ifindex.is_none() && e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| err(format!("{} owned address {addr}", if ifindex.is_some() { "adding" } else { "removing" }), e)),
         }
     }
 

@@ -12,7 +12,8 @@
 //   local endpoint) go to the socket; the rest is the host's own traffic.
 // - Host endpoints (MODE_HOST): TCP and UDP packets of a flow that userspace has admitted (an
 //   entry in `host_flows`) go to the kernel, except TCP SYN, FIN and RST, which userspace tracks;
-//   every other packet goes to the socket, and userspace decides and reinjects it.
+//   every other packet goes to the socket, and userspace decides and reinjects it. Workload
+//   interfaces do the same for the flows between a pod and the host itself.
 // - A queue without a socket drops the packet (fail closed) and counts it.
 //
 // Host endpoints also get `palisade_host_egress` on TC egress (tcx): packets the host sends out of
@@ -21,6 +22,9 @@
 // Userspace reinjects the arriving packets it allows by writing them to the same TAP device;
 // `palisade_tap_ingress` redirects them into the host endpoint's own ingress path, so the stack
 // sees them arrive on the real interface (reverse-path filtering, sockets bound to it, nftables).
+// Workload interfaces get the egress program too (the host's own packets to a pod go to the
+// workloads' shared TAP) and share one TAP for reinjection, into the interface of the pod whose
+// address is the packet's source (the owned-address tries hold each endpoint's ifindex).
 //
 // Counters are per-CPU; userspace sums them.
 
@@ -101,7 +105,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 262144);
 	__type(key, struct lpm_v4);
-	__type(value, __u8);
+	__type(value, __u32); // the ifindex of the local endpoint's interface
 } owned_v4 SEC(".maps");
 
 struct {
@@ -109,7 +113,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 262144);
 	__type(key, struct lpm_v6);
-	__type(value, __u8);
+	__type(value, __u32);
 } owned_v6 SEC(".maps");
 
 // A flow as it crosses a host endpoint one way. Keep in step with `FlowKey` in lib.rs.
@@ -273,7 +277,9 @@ int palisade_redirect(struct xdp_md *ctx)
 
 	if (cfg->mode == MODE_OWNED && !owned)
 		return count(C_PASS_NOT_OWNED, XDP_PASS);
-	if (cfg->mode == MODE_HOST && admitted(l3, end, proto, ifindex, 0))
+	// Host endpoints' admitted flows, and on workload interfaces the admitted flows between the
+	// pod and the host itself, go to the kernel.
+	if (cfg->mode != MODE_OWNED && admitted(l3, end, proto, ifindex, 0))
 		return count(C_PASS_HOST_FLOW, XDP_PASS);
 
 	__u32 queue = ctx->rx_queue_index;
@@ -293,7 +299,7 @@ int palisade_host_egress(struct __sk_buff *skb)
 		return TCX_PASS;
 	__u32 ifindex = skb->ifindex;
 	struct iface_config *cfg = bpf_map_lookup_elem(&interfaces, &ifindex);
-	if (!cfg || cfg->mode != MODE_HOST)
+	if (!cfg || cfg->mode == MODE_OWNED)
 		return TCX_PASS;
 	// Headers a host builds are in the linear part; pull them in if not.
 	bpf_skb_pull_data(skb, 14 + 40 + 20);
@@ -330,8 +336,30 @@ int palisade_tap_ingress(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
 	__u32 *target = bpf_map_lookup_elem(&tap_targets, &ifindex);
-	if (!target)
-		return count(C_REINJECT_DROP, TCX_DROP);
+	if (!target) {
+		// The workloads' shared TAP: into the interface of the endpoint that sent the packet.
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+		struct ethhdr *eth = data;
+		if ((void *)(eth + 1) > end)
+			return count(C_REINJECT_DROP, TCX_DROP);
+		if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+			struct iphdr *ip = (void *)(eth + 1);
+			if ((void *)(ip + 1) > end)
+				return count(C_REINJECT_DROP, TCX_DROP);
+			struct lpm_v4 key = {.prefixlen = 32, .addr = ip->saddr};
+			target = bpf_map_lookup_elem(&owned_v4, &key);
+		} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+			struct ipv6hdr *ip6 = (void *)(eth + 1);
+			if ((void *)(ip6 + 1) > end)
+				return count(C_REINJECT_DROP, TCX_DROP);
+			struct lpm_v6 key = {.prefixlen = 128};
+			__builtin_memcpy(key.addr, &ip6->saddr, 16);
+			target = bpf_map_lookup_elem(&owned_v6, &key);
+		}
+		if (!target)
+			return count(C_REINJECT_DROP, TCX_DROP);
+	}
 	count(C_REINJECTED, 0);
 	return bpf_redirect(*target, BPF_F_INGRESS);
 }

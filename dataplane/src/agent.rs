@@ -10,7 +10,7 @@
 use crate::afxdp::QueueSocket;
 use crate::compile::Compiler;
 use crate::conntrack::{self, ConnTrack};
-use crate::datapath::{Datapath, Interface, LocalEndpoint, Mac, Role, Snapshot};
+use crate::datapath::{Datapath, EndpointToHost, Interface, LocalEndpoint, Mac, Role, Snapshot};
 use crate::host::{self, EgressSocket, HostEndpoint, HostInterface, HostPath, HostSnapshot, Tap};
 use crate::stats::{self, Drop, WorkerStats};
 use crate::worker::{Command, Wait, Worker};
@@ -49,6 +49,8 @@ pub struct Config {
     pub host_interfaces: Vec<String>,
     /// Failsafe ports of the host endpoints.
     pub failsafes: Failsafes,
+    /// What happens to pods' new flows to the host that their egress policy allows.
+    pub endpoint_to_host: EndpointToHost,
 }
 
 /// Untracked (and unpoliced) flows leave the kernel's table after this long without a packet.
@@ -88,32 +90,34 @@ struct Agent {
     snapshot: Arc<ArcSwap<Snapshot>>,
     /// Interfaces with XDP and sockets: name → ifindex.
     attached: HashMap<String, u32>,
-    owned: HashSet<IpAddr>,
+    /// Local endpoint addresses and their interfaces, as the redirector has them.
+    owned: HashMap<IpAddr, u32>,
     /// Interfaces of local endpoints that do not exist yet: the state is applied again when one appears.
     awaited: Vec<String>,
     status: Arc<Mutex<Status>>,
     /// Connection tracking per protected host interface (kept across states).
     host_conntrack: HashMap<String, Arc<ConnTrack>>,
-    /// The host-endpoint decision (with host interfaces).
-    host_path: Option<Arc<HostPath>>,
+    /// The host-endpoint decision and the kernel's flow table.
+    host_path: Arc<HostPath>,
     /// Each protected host interface's TAP device, by interface name.
     taps: HashMap<String, Arc<Tap>>,
+    /// The TAP device shared by the workload interfaces (traffic between pods and the host).
+    workload_tap: Arc<Tap>,
 }
+
+/// The name of the workloads' shared TAP device.
+pub const WORKLOAD_TAP: &str = "palwl0";
 
 /// Runs the agent until `stop` is set; returns an error if the first state cannot be loaded
 /// or the packet path cannot be set up.
 pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     let cluster = palisade_policy::load_cluster(&config.state).map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
     let conntrack = Arc::new(ConnTrack::new(conntrack::Config { capacity: config.conntrack_capacity, timeouts: Default::default() }));
-    let redirector = Redirector::load().map_err(|e| e.to_string())?;
-    let host_path = (!config.host_interfaces.is_empty())
-        .then(|| redirector.flow_table().map(|t| Arc::new(HostPath::new(t))))
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let mut datapath = Datapath::new(conntrack.clone());
-    if let Some(path) = &host_path {
-        datapath = datapath.with_host(path.clone());
-    }
+    let mut redirector = Redirector::load().map_err(|e| e.to_string())?;
+    let host_path = Arc::new(HostPath::new(redirector.flow_table().map_err(|e| e.to_string())?));
+    let workload_tap = Arc::new(Tap::open(WORKLOAD_TAP).map_err(|e| format!("the workloads' TAP device: {e}"))?);
+    redirector.reinject_from(workload_tap.ifindex, None).map_err(|e| e.to_string())?;
+    let datapath = Datapath::new(conntrack.clone()).with_host(host_path.clone(), config.endpoint_to_host);
     let datapath = Arc::new(datapath);
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let epoch = Instant::now();
@@ -128,12 +132,12 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         workers.push(tx);
         worker_stats.push(st);
     }
-    if let Some(path) = &host_path {
+    {
         let st = Arc::new(WorkerStats::default());
-        let (path, snapshot, stop) = (path.clone(), snapshot.clone(), stop.clone());
-        let sender = EgressSocket::open().map_err(|e| format!("host endpoints: {e}"))?;
+        let (path, datapath, snapshot, stop) = (host_path.clone(), datapath.clone(), snapshot.clone(), stop.clone());
+        let sender = EgressSocket::open().map_err(|e| e.to_string())?;
         let stats = st.clone();
-        let reader = move || host_egress(&path, &sender, &snapshot, &stats, epoch, &stop);
+        let reader = move || host_egress(&path, &datapath, &sender, &snapshot, &stats, epoch, &stop);
         handles.push(std::thread::Builder::new().name("palisade-host-egress".into()).spawn(reader).map_err(|e| e.to_string())?);
         worker_stats.push(st);
     }
@@ -145,12 +149,13 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         workers,
         snapshot: snapshot.clone(),
         attached: HashMap::new(),
-        owned: HashSet::new(),
+        owned: HashMap::new(),
         awaited: Vec::new(),
         status: status.clone(),
         host_conntrack: HashMap::new(),
         host_path,
         taps: HashMap::new(),
+        workload_tap,
     };
     if let Some((uplink, _)) = &config.uplink {
         agent.attach(uplink, Mode::Owned)?;
@@ -227,6 +232,9 @@ impl Agent {
             self.redirector.register_socket(name, q as u32, s.fd()).map_err(|e| e.to_string())?;
             worker.send(Command::Add(ifindex, Box::new(s))).map_err(|e| e.to_string())?;
         }
+        if mode == Mode::All {
+            self.redirector.capture_egress(ifindex, self.workload_tap.ifindex).map_err(|e| e.to_string())?;
+        }
         self.attached.insert(name.to_string(), ifindex);
         self.status.lock().expect("lock").interfaces.insert(name.to_string(), how.to_string());
         Ok(ifindex)
@@ -286,12 +294,14 @@ impl Agent {
         for name in gone {
             self.detach(&name);
         }
-        let owned: HashSet<IpAddr> = endpoints.iter().flat_map(|e| e.ips.iter().copied()).collect();
-        for ip in owned.difference(&self.owned) {
-            self.redirector.set_owned(*ip, true).map_err(|e| e.to_string())?;
+        let owned: HashMap<IpAddr, u32> = endpoints.iter().flat_map(|e| e.ips.iter().map(|ip| (*ip, interfaces[e.interface].ifindex))).collect();
+        for (ip, ifindex) in &owned {
+            if self.owned.get(ip) != Some(ifindex) {
+                self.redirector.set_owned(*ip, Some(*ifindex)).map_err(|e| e.to_string())?;
+            }
         }
-        for ip in self.owned.difference(&owned) {
-            self.redirector.set_owned(*ip, false).map_err(|e| e.to_string())?;
+        for ip in self.owned.keys().filter(|ip| !owned.contains_key(ip)) {
+            self.redirector.set_owned(*ip, None).map_err(|e| e.to_string())?;
         }
         self.owned = owned;
         let names = endpoints.iter().map(|e| e.name.clone()).collect();
@@ -312,9 +322,6 @@ impl Agent {
     /// The host-endpoint part of the state: attaches to each protected interface, finds its
     /// HostEndpoint and compiles its chains.
     fn host_snapshot(&mut self, cluster: &Cluster, revision: u64) -> Result<HostSnapshot, String> {
-        if self.config.host_interfaces.is_empty() {
-            return Ok(HostSnapshot::default());
-        }
         let addrs = host::interface_addresses().map_err(|e| format!("reading the host's addresses: {e}"))?;
         let mut interfaces = Vec::new();
         for name in self.config.host_interfaces.clone() {
@@ -328,7 +335,8 @@ impl Agent {
                 Some(t) => t.clone(),
                 None => {
                     let t = Arc::new(Tap::open(&Tap::name_for(ifindex)).map_err(|e| format!("host interface {name}: {e}"))?);
-                    self.redirector.attach_tap(t.ifindex, ifindex).map_err(|e| e.to_string())?;
+                    self.redirector.reinject_from(t.ifindex, Some(ifindex)).map_err(|e| e.to_string())?;
+                    self.redirector.capture_egress(ifindex, t.ifindex).map_err(|e| e.to_string())?;
                     self.taps.insert(name.clone(), t.clone());
                     t
                 }
@@ -342,14 +350,11 @@ impl Agent {
             interfaces.push(HostInterface { name, ifindex, endpoint, conntrack, tap });
         }
         let local = addrs.into_iter().map(|(_, a)| a).collect();
-        Ok(HostSnapshot::new(revision, interfaces, local, self.config.failsafes.clone()))
+        Ok(HostSnapshot::new(revision, interfaces, local, self.config.failsafes.clone(), Some(self.workload_tap.clone())))
     }
 
     /// Whether the host's addresses differ from those the enforced state was built with.
     fn host_addresses_changed(&self) -> bool {
-        if self.config.host_interfaces.is_empty() {
-            return false;
-        }
         let Ok(addrs) = host::interface_addresses() else { return false };
         let now: std::collections::HashSet<IpAddr> = addrs.into_iter().map(|(_, a)| a).collect();
         let snap = self.snapshot.load();
@@ -363,21 +368,30 @@ impl Agent {
         for f in &snap.host.interfaces {
             f.conntrack.expire(now);
         }
-        let Some(path) = &self.host_path else { return };
         let mono_at_epoch = palisade_bpf::monotonic_ns().saturating_sub(now);
-        path.sweep(&snap.host, now, |seen| seen.saturating_sub(mono_at_epoch), UNTRACKED_IDLE.as_nanos() as u64);
+        self.host_path.sweep(&snap.host, now, |seen| seen.saturating_sub(mono_at_epoch), UNTRACKED_IDLE.as_nanos() as u64);
     }
 }
 
-/// The TAP reader: decides each packet the host sends that the kernel's flow table did not
-/// admit, and sends the allowed ones out of their interface.
-fn host_egress(path: &HostPath, sender: &EgressSocket, snapshot: &ArcSwap<Snapshot>, stats: &WorkerStats, epoch: Instant, stop: &AtomicBool) {
+/// The TAP reader: decides each packet the host sends (out of a protected interface, or to a pod)
+/// that the kernel's flow table did not admit, and sends the allowed ones out of their interface.
+fn host_egress(
+    path: &HostPath,
+    datapath: &Datapath,
+    sender: &EgressSocket,
+    snapshot: &ArcSwap<Snapshot>,
+    stats: &WorkerStats,
+    epoch: Instant,
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; 65536];
     let mut fds: Vec<libc::pollfd> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let snap = snapshot.load();
+        // The host interfaces' TAPs, then the workloads' (index `interfaces.len()`).
+        let taps: Vec<&Tap> = snap.host.interfaces.iter().map(|f| &*f.tap).chain(snap.host.workload_tap.as_deref()).collect();
         fds.clear();
-        fds.extend(snap.host.interfaces.iter().map(|f| libc::pollfd { fd: f.tap.fd(), events: libc::POLLIN, revents: 0 }));
+        fds.extend(taps.iter().map(|t| libc::pollfd { fd: t.fd(), events: libc::POLLIN, revents: 0 }));
         if fds.is_empty() {
             std::thread::sleep(Duration::from_millis(100));
             continue;
@@ -386,22 +400,26 @@ fn host_egress(path: &HostPath, sender: &EgressSocket, snapshot: &ArcSwap<Snapsh
         if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) } <= 0 {
             continue;
         }
-        for (i, f) in snap.host.interfaces.iter().enumerate() {
-            // Drain what is ready, a bounded batch per interface and round.
+        for (i, tap) in taps.iter().enumerate() {
+            // Drain what is ready, a bounded batch per TAP and round.
             for _ in 0..64 {
-                let n = match f.tap.read(&mut buf) {
+                let n = match tap.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
-                        eprintln!("palisade-dataplane: reading {}: {e}", f.tap.name);
+                        eprintln!("palisade-dataplane: reading {}: {e}", tap.name);
                         break;
                     }
                 };
                 stats.count_rx(1);
                 let frame = &buf[..n];
                 let now = epoch.elapsed().as_nanos() as u64;
-                match path.decide(&snap.host, i, true, frame, now, stats) {
-                    Ok(()) => match sender.send(f.ifindex, frame) {
+                let decided = match snap.host.interfaces.get(i) {
+                    Some(f) => path.decide(&snap.host, i, true, frame, now, stats).map(|()| f.ifindex),
+                    None => datapath.host_to_pod(&snap, frame, now, stats),
+                };
+                match decided {
+                    Ok(ifindex) => match sender.send(ifindex, frame) {
                         Ok(()) => stats.count_tx(),
                         Err(_) => stats.count_drop(Drop::HostDelivery),
                     },

@@ -10,7 +10,10 @@
 //! A packet from a workload interface whose source address is not that workload's is dropped
 //! (Calico's anti-spoofing check); a packet for an address the node has no route for is dropped.
 //! A packet arriving on a host endpoint's interface goes through [`crate::host`] instead and,
-//! if allowed, to the host's kernel.
+//! if allowed, to the host's kernel. Between a pod and the host itself, as in Calico: the host
+//! may always reach its pods (their ingress policy does not apply; the pod's replies are let in by
+//! connection tracking), and a pod's new flow to the host goes through the pod's egress policy and
+//! then the [`EndpointToHost`] action.
 //!
 //! A new flow that matches a Log rule is written to stderr as a `palisade-packet:` line (Calico
 //! writes `calico-packet:` lines to the kernel log), at most [`LOG_LINES_PER_SECOND`] a second;
@@ -115,8 +118,20 @@ pub enum Verdict {
     Forward(u32),
     /// Hand the frame to the host's kernel through this host interface's TAP device.
     ToHost(usize),
+    /// Hand the frame (from a pod) to the host's kernel through the workloads' TAP device.
+    PodToHost,
     /// Drop it, for this reason.
     Drop(Drop),
+}
+
+/// What happens to a pod's new flow to the host itself once the pod's egress policy allowed it
+/// (Felix's `DefaultEndpointToHostAction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointToHost {
+    /// Dropped (Felix's default).
+    Drop,
+    /// Accepted.
+    Accept,
 }
 
 /// Most Log-rule lines written per second (the rest are only counted).
@@ -125,8 +140,9 @@ pub const LOG_LINES_PER_SECOND: u64 = 100;
 /// The decision logic shared by all workers.
 pub struct Datapath {
     conntrack: Arc<ConnTrack>,
-    /// Host endpoints' decision.
+    /// Host endpoints' decision and the kernel's flow table.
     host: Option<Arc<HostPath>>,
+    endpoint_to_host: EndpointToHost,
     /// The second (of the caller's clock) that the log budget is for, and the lines written in it.
     log_second: AtomicU64,
     log_lines: AtomicU64,
@@ -135,12 +151,61 @@ pub struct Datapath {
 impl Datapath {
     /// A datapath tracking connections in `conntrack`.
     pub fn new(conntrack: Arc<ConnTrack>) -> Datapath {
-        Datapath { conntrack, host: None, log_second: AtomicU64::new(0), log_lines: AtomicU64::new(0) }
+        Datapath { conntrack, host: None, endpoint_to_host: EndpointToHost::Drop, log_second: AtomicU64::new(0), log_lines: AtomicU64::new(0) }
     }
 
-    /// The datapath deciding host-endpoint traffic with `path`.
-    pub fn with_host(self, path: Arc<HostPath>) -> Datapath {
-        Datapath { host: Some(path), ..self }
+    /// The datapath deciding host-endpoint traffic, and traffic between pods and the host, with
+    /// `path`; a pod's new flows to the host that its egress policy allows meet `endpoint_to_host`.
+    pub fn with_host(self, path: Arc<HostPath>, endpoint_to_host: EndpointToHost) -> Datapath {
+        Datapath { host: Some(path), endpoint_to_host, ..self }
+    }
+
+    /// Decides a frame the host sends to one of its pods (always allowed: tracked so that the
+    /// pod's replies are known); returns the pod's interface index.
+    pub fn host_to_pod(&self, snap: &Snapshot, frame: &[u8], now: u64, stats: &WorkerStats) -> Result<u32, Drop> {
+        let pkt = packet::parse(frame).map_err(|e| Drop::Malformed(e.name()))?;
+        let ep = snap.endpoint_of(pkt.dst).ok_or(Drop::NoRoute)?;
+        let ifindex = snap.interfaces[ep.interface].ifindex;
+        match self.conntrack.track(&pkt, now) {
+            Track::Invalid(why) => return Err(Drop::Invalid(why)),
+            Track::New { .. } => self.conntrack.commit(&pkt, now, 0).map_err(|_| Drop::ConntrackFull)?,
+            Track::Established { .. } | Track::Related { .. } => {
+                stats.count_tracked();
+                if let Some(path) = &self.host {
+                    path.admit_tracked(ifindex, true, &pkt);
+                }
+            }
+        }
+        Ok(ifindex)
+    }
+
+    /// A pod's packet to the host itself: its replies and the packets of flows already allowed
+    /// pass; a new flow needs the pod's egress policy, then the endpoint-to-host action.
+    fn pod_to_host(&self, snap: &Snapshot, e: usize, ifindex: u32, pkt: &Packet, now: u64, stats: &WorkerStats) -> Verdict {
+        match self.conntrack.track(pkt, now) {
+            Track::Invalid(why) => return Verdict::Drop(Drop::Invalid(why)),
+            Track::Established { .. } | Track::Related { .. } => {
+                stats.count_tracked();
+                if let Some(path) = &self.host {
+                    path.admit_tracked(ifindex, false, pkt);
+                }
+                return Verdict::PodToHost;
+            }
+            Track::New { .. } => {}
+        }
+        let program = &snap.endpoints[e].egress;
+        let c = program.classify(&pkt.flow());
+        stats.count_rule(program, &c);
+        if !c.allowed {
+            return Verdict::Drop(Drop::Policy);
+        }
+        if self.endpoint_to_host == EndpointToHost::Drop {
+            return Verdict::Drop(Drop::EndpointToHost);
+        }
+        match self.conntrack.commit(pkt, now, c.decided_by) {
+            Ok(()) => Verdict::PodToHost,
+            Err(_) => Verdict::Drop(Drop::ConntrackFull),
+        }
     }
 
     /// Decides the fate of `frame`, received on `ifindex` at `now` (monotonic ns), and
@@ -163,6 +228,11 @@ impl Datapath {
             Role::Uplink { .. } if snap.by_ip.contains_key(&pkt.src) => return Verdict::Drop(Drop::Spoofed),
             Role::Uplink { .. } => None,
         };
+        if let (Some(e), Some(_)) = (src, &self.host) {
+            if snap.host.local.contains(&pkt.dst) {
+                return self.pod_to_host(snap, e, ifindex, &pkt, now, stats);
+            }
+        }
         let dst = snap.by_ip.get(&pkt.dst).copied();
         let (out_if, dst_mac) = match (dst, snap.uplink) {
             (Some(e), _) => (snap.endpoints[e].interface, snap.endpoints[e].mac),

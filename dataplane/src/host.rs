@@ -122,14 +122,23 @@ pub struct HostSnapshot {
     pub local: HashSet<IpAddr>,
     /// Failsafe ports.
     pub failsafes: Failsafes,
+    /// The TAP device that delivers pods' packets to the host and captures the host's packets
+    /// to pods.
+    pub workload_tap: Option<Arc<Tap>>,
     by_ifindex: HashMap<u32, usize>,
 }
 
 impl HostSnapshot {
     /// Builds the lookup tables.
-    pub fn new(revision: u64, interfaces: Vec<HostInterface>, local: HashSet<IpAddr>, failsafes: Failsafes) -> HostSnapshot {
+    pub fn new(
+        revision: u64,
+        interfaces: Vec<HostInterface>,
+        local: HashSet<IpAddr>,
+        failsafes: Failsafes,
+        workload_tap: Option<Arc<Tap>>,
+    ) -> HostSnapshot {
         let by_ifindex = interfaces.iter().enumerate().map(|(i, f)| (f.ifindex, i)).collect();
-        HostSnapshot { revision, interfaces, local, failsafes, by_ifindex }
+        HostSnapshot { revision, interfaces, local, failsafes, workload_tap, by_ifindex }
     }
 
     /// The protected interface with this index.
@@ -167,14 +176,14 @@ impl HostPath {
         let direction = if egress { Direction::Egress } else { Direction::Ingress };
         let Some(hep) = &f.endpoint else {
             // Not policed: let it through, and the rest of its flow, until the state changes.
-            self.admit(snap, f.ifindex, direction, &pkt, Admit::Untracked);
+            self.admit(snap.revision, f.ifindex, direction, &pkt, Admit::Untracked);
             return Ok(());
         };
         let local = snap.local.contains(if egress { &pkt.src } else { &pkt.dst });
         let crossing = Crossing { direction, local };
         let flow = pkt.flow();
         let admit = |how| {
-            self.admit(snap, f.ifindex, direction, &pkt, how);
+            self.admit(snap.revision, f.ifindex, direction, &pkt, how);
             Ok(())
         };
         // 1 and 2: failsafes and untracked policy, every packet.
@@ -211,10 +220,17 @@ impl HostPath {
         f.conntrack.commit(&pkt, now, c.decided_by).map_err(|_| Drop::ConntrackFull)
     }
 
+    /// Enters the tracked TCP or UDP flow of `pkt`, seen crossing `ifindex` (`egress`: leaving
+    /// it), into the kernel's table both ways.
+    pub fn admit_tracked(&self, ifindex: u32, egress: bool, pkt: &Packet) {
+        let direction = if egress { Direction::Egress } else { Direction::Ingress };
+        self.admit(0, ifindex, direction, pkt, Admit::Tracked);
+    }
+
     /// Enters a TCP or UDP flow into the kernel's table: both ways for tracked flows, this way
     /// only (tagged with the revision) for untracked ones. A full or failing table only costs
     /// speed: the packets keep coming to userspace.
-    fn admit(&self, snap: &HostSnapshot, ifindex: u32, direction: Direction, pkt: &Packet, how: Admit) {
+    fn admit(&self, revision: u64, ifindex: u32, direction: Direction, pkt: &Packet, how: Admit) {
         let flows = &self.flows;
         if !matches!(pkt.protocol, proto::TCP | proto::UDP) || pkt.fragment != packet::Fragment::None {
             return;
@@ -234,7 +250,7 @@ impl HostPath {
                 let _ = flows.admit(&key.reversed(), 0);
             }
             Admit::Untracked => {
-                let _ = flows.admit(&key, snap.revision.max(1));
+                let _ = flows.admit(&key, revision.max(1));
             }
         }
     }

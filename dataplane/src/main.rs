@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use palisade_dataplane::agent::{self, parse_mac, Config};
+use palisade_dataplane::datapath::EndpointToHost;
 use palisade_dataplane::worker::Wait;
 use palisade_policy::host::{parse_failsafes, Failsafes};
 use std::path::PathBuf;
@@ -30,6 +31,10 @@ struct Args {
     /// Ports the host may always reach, in the same syntax.
     #[arg(long, default_value = palisade_policy::host::DEFAULT_OUTBOUND)]
     failsafe_outbound: String,
+    /// What happens to a pod's new connection to the host itself once the pod's egress policy
+    /// allowed it (Felix's DefaultEndpointToHostAction). The host may always reach its pods.
+    #[arg(long, value_enum, default_value_t = ToHost::Drop)]
+    endpoint_to_host_action: ToHost,
     /// RX queues per interface, one worker thread each.
     #[arg(long, default_value_t = 1)]
     queues: u32,
@@ -51,6 +56,15 @@ struct Args {
     /// Most connections tracked at once.
     #[arg(long, default_value_t = 1 << 20)]
     conntrack_capacity: usize,
+}
+
+/// `--endpoint-to-host-action` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ToHost {
+    /// Drop (Felix's default).
+    Drop,
+    /// Accept.
+    Accept,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +108,10 @@ fn main() -> ExitCode {
         conntrack_capacity: args.conntrack_capacity,
         host_interfaces: args.interfaces,
         failsafes,
+        endpoint_to_host: match args.endpoint_to_host_action {
+            ToHost::Drop => EndpointToHost::Drop,
+            ToHost::Accept => EndpointToHost::Accept,
+        },
     };
     match agent::run(config, stop) {
         Ok(()) => ExitCode::SUCCESS,

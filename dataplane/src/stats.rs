@@ -32,6 +32,8 @@ pub enum Drop {
     TxFull,
     /// Writing to the TAP device (to the host) or to a host interface failed.
     HostDelivery,
+    /// A pod's new flow to the host itself, refused by the endpoint-to-host action.
+    EndpointToHost,
 }
 
 impl Drop {
@@ -48,6 +50,7 @@ impl Drop {
             Drop::ConntrackFull => "conntrack_full".into(),
             Drop::TxFull => "tx_full".into(),
             Drop::HostDelivery => "host_delivery".into(),
+            Drop::EndpointToHost => "endpoint_to_host".into(),
         }
     }
 }

@@ -117,6 +117,13 @@ impl Worker {
                             self.stats.count_drop(Drop::HostDelivery);
                         }
                     }
+                    Verdict::PodToHost => {
+                        if snap.host.workload_tap.as_ref().is_some_and(|t| t.deliver(&self.scratch[..len]).is_ok()) {
+                            self.stats.count_tx();
+                        } else {
+                            self.stats.count_drop(Drop::HostDelivery);
+                        }
+                    }
                     Verdict::Drop(why) => self.stats.count_drop(why),
                 }
             }

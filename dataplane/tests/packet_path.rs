@@ -92,11 +92,16 @@ struct Rig {
 /// A lab with the pods of `cluster` listening on their container ports, and a dataplane
 /// enforcing `cluster` + `policy`.
 fn rig(tag: &str, cluster: &str, policy: &str) -> Rig {
+    rig_with(tag, cluster, policy, &[])
+}
+
+/// [`rig`] with extra arguments for the dataplane.
+fn rig_with(tag: &str, cluster: &str, policy: &str, extra: &[&str]) -> Rig {
     let state = StateDir::new(&cluster_files(cluster, policy));
     let parsed = palisade_policy::load_cluster(&[state.current()]).unwrap_or_else(|e| panic!("test cluster does not load: {e:?}"));
     let targets = matrix::targets(&parsed, &[state.current()], None).expect("targets");
     let lab = Lab::up(&matrix::lab_spec(&unique_name(tag), QUEUES, &targets)).expect("lab up");
-    let dp = Dataplane::start(Path::new(BIN), &lab, &state.path(), QUEUES).expect("dataplane start");
+    let dp = Dataplane::start_with(Path::new(BIN), &lab, &state.path(), QUEUES, extra).expect("dataplane start");
     let listeners = matrix::listen(&lab, &targets).expect("listeners");
     Rig { _listeners: listeners, dp, lab, state, targets }
 }
@@ -494,6 +499,40 @@ spec:
         - {allow_ports}
 "#
     )
+}
+
+#[test]
+fn the_host_reaches_its_pods_and_pods_reach_the_host_by_policy() {
+    let cluster = pair_cluster(&[("http", 80, "TCP")]);
+    let deny_all = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: ns1}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
+    let (t, denied) = (Duration::from_millis(1000), Duration::from_millis(500));
+    let mut r = rig("th", &cluster, deny_all);
+    let node = r.lab.node_netns().to_string();
+    let node_ip = r.lab.node_ip();
+    let _node_listener = Listeners::start(&node, &[(Protocol::Tcp, 9100), (Protocol::Udp, 9100)]).expect("node listener");
+    assert!(!r.probe(B, A, Protocol::Tcp, 80, denied), "pod to pod: denied by the ingress default deny");
+    assert!(probe(&node, r.ip(A), Protocol::Tcp, 80, t).unwrap(), "the host reaches a pod whose ingress denies everything\n{}", r.dp.log());
+    for _ in 0..3 {
+        let server = EchoServer::start(&r.ns(A), 8080).expect("echo server in the pod");
+        let mut c = connect(&node, SocketAddr::new(r.ip(A), 8080), t).expect("host to pod connection");
+        assert!((0..50).all(|i| echo(&mut c, format!("m{i}").as_bytes())), "a long host-to-pod exchange (replies via the fast path)");
+        drop((c, server));
+    }
+    assert!(!probe(&r.ns(A), node_ip, Protocol::Tcp, 9100, denied).unwrap(), "pod to host: Felix's default endpoint-to-host action drops");
+    let s = r.stats();
+    assert!(counter(&s, &["packets", "drops", "endpoint_to_host"]) >= 1, "counted as endpoint_to_host: {s}");
+    drop(r);
+
+    r = rig_with("tk", &cluster, "", &["--endpoint-to-host-action", "accept"]);
+    let node = r.lab.node_netns().to_string();
+    let _node_listener = Listeners::start(&node, &[(Protocol::Tcp, 9100), (Protocol::Udp, 9100)]).expect("node listener");
+    assert!(probe(&r.ns(A), node_ip, Protocol::Tcp, 9100, t).unwrap(), "accept: the pod reaches the host\n{}", r.dp.log());
+    assert!(probe(&r.ns(A), node_ip, Protocol::Udp, 9100, t).unwrap(), "over UDP too");
+    let egress_deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-no-egress, namespace: ns1}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  policyTypes: [Egress]\n";
+    apply(&mut r.dp, &mut r.state, &cluster_files(&cluster, egress_deny));
+    assert!(!probe(&r.ns(A), node_ip, Protocol::Tcp, 9100, denied).unwrap(), "the pod's egress policy applies to traffic to the host");
+    assert!(probe(&r.ns(B), node_ip, Protocol::Tcp, 9100, t).unwrap(), "the other pod still reaches the host");
+    assert!(probe(&node, r.ip(A), Protocol::Tcp, 80, t).unwrap(), "and the host still reaches the pod");
 }
 
 #[test]

@@ -22,8 +22,14 @@ impl Dataplane {
     /// `queues` workers, reading the cluster state from `state`; returns once the first state
     /// is enforced on every pod of the lab.
     pub fn start(binary: &Path, lab: &Lab, state: &Path, queues: u32) -> Result<Dataplane, String> {
+        Dataplane::start_with(binary, lab, state, queues, &[])
+    }
+
+    /// [`Dataplane::start`] with `extra` arguments.
+    pub fn start_with(binary: &Path, lab: &Lab, state: &Path, queues: u32, extra: &[&str]) -> Result<Dataplane, String> {
         let gateway = EXT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        let args = ["--queues", &queues.to_string(), "--uplink", lab.uplink(), "--gateway-mac", &gateway].map(String::from);
+        let mut args = ["--queues", &queues.to_string(), "--uplink", lab.uplink(), "--gateway-mac", &gateway].map(String::from).to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
         Dataplane::spawn(binary, lab.node_netns(), state, &args)
     }
 

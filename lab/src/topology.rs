@@ -114,6 +114,11 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The node's own IPv4 address (on its uplink): what its processes send from.
+    pub fn node_ip(&self) -> IpAddr {
+        NODE_UPLINK_V4.parse().expect("constant address")
+    }
+
     /// The node's namespace.
     pub fn node_netns(&self) -> &str {
         self.node.name()
