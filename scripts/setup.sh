@@ -6,8 +6,9 @@ set -euo pipefail
 # - building the XDP program and the AF_XDP crates: clang llvm libelf-dev zlib1g-dev pkg-config libbpf-dev m4 make
 # - the lab, tests and benchmarks: iproute2 (netns, veth), ethtool, nftables (baseline), iputils-ping, procps
 # - the control plane's datastore: etcd-server (tests start it on loopback)
+# - the control plane's gRPC code (ours and the etcd client's): protobuf-compiler, libprotobuf-dev
 PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config libbpf-dev m4 make
-  iproute2 ethtool nftables iputils-ping procps etcd-server)
+  iproute2 ethtool nftables iputils-ping procps etcd-server protobuf-compiler libprotobuf-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

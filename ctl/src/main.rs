@@ -12,8 +12,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod lab_cmd;
+mod store_cmd;
 
 use palisade_lab::Protocol;
+
+/// Where palisade-control listens by default.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:5473";
 
 #[derive(Parser)]
 #[command(name = "palisadectl", version, about = "Palisade: evaluate, trace and manage Calico / Kubernetes network policy")]
@@ -130,6 +134,48 @@ enum Command {
         #[arg(long, default_value_t = 700)]
         timeout_ms: u64,
     },
+    /// Store manifests in palisade-control (validated with everything stored; a file that does
+    /// not load is refused whole).
+    Apply {
+        /// Manifest files or directories.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// The control plane.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// List stored resources, as kubectl get.
+    Get {
+        /// Kind (NetworkPolicy, GlobalNetworkPolicy, Pod, ...; case-insensitive; `all` for every kind).
+        kind: String,
+        /// Name.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: store_cmd::GetOutput,
+        /// The control plane.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Delete stored resources by kind and name, or those of manifest files.
+    Delete {
+        /// Kind.
+        kind: Option<String>,
+        /// Name.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Manifest files or directories whose resources to delete.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// The control plane.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
     /// Show the counters of a running palisade-dataplane.
     Stats {
         /// Its stats socket.
@@ -192,6 +238,14 @@ fn main() -> ExitCode {
                 timeout: std::time::Duration::from_millis(timeout_ms),
             })
         })(),
+        Command::Apply { files, server } => store_cmd::apply(&server, &files),
+        Command::Get { kind, name, namespace, output, server } => {
+            let kind = if kind.eq_ignore_ascii_case("all") { String::new() } else { kind };
+            store_cmd::get(&server, &kind, name.as_deref(), namespace.as_deref(), output)
+        }
+        Command::Delete { kind, name, namespace, files, server } => {
+            store_cmd::delete(&server, kind.as_deref(), name.as_deref(), namespace.as_deref(), &files)
+        }
         Command::Stats { socket, output } => lab_cmd::stats(&socket, matches!(output, Output::Json)),
     };
     match result {

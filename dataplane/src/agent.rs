@@ -1,4 +1,5 @@
-//! The node agent in standalone mode: reads the cluster state from manifest files, compiles it,
+//! The node agent: reads the cluster state from manifest files (standalone) or follows a
+//! `palisade-control` over gRPC, compiles it,
 //! and keeps the packet path in step — XDP on each local workload's interface, the uplink and
 //! each protected host interface, one AF_XDP socket per (interface, queue) handed to that queue's
 //! worker, and a new [`Snapshot`] published by an atomic swap whenever the state (or the host's
@@ -26,13 +27,13 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How to run the agent.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Manifest files and directories (the cluster state); watched for changes.
-    pub state: Vec<PathBuf>,
+    /// Where the cluster state comes from.
+    pub source: Source,
     /// RX queues per interface (one worker each).
     pub queues: u32,
     /// Only endpoints of this node (all endpoints when unset).
@@ -55,6 +56,70 @@ pub struct Config {
 
 /// Untracked (and unpoliced) flows leave the kernel's table after this long without a packet.
 const UNTRACKED_IDLE: Duration = Duration::from_secs(60);
+
+/// Where the agent reads the cluster state.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Manifest files and directories, watched for changes.
+    Files(Vec<PathBuf>),
+    /// A `palisade-control` at this URL, followed over gRPC.
+    Control(String),
+}
+
+/// The state as it arrives from a [`Source`].
+enum Feed {
+    Files(Vec<PathBuf>, Vec<(PathBuf, Option<std::time::SystemTime>, u64)>),
+    Control(std::sync::mpsc::Receiver<palisade_control::store::State>),
+}
+
+fn messages(errs: &[palisade_policy::Error]) -> String {
+    errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+impl Feed {
+    /// Starts reading `source`; returns the first state (waiting for it from a control plane).
+    fn start(source: &Source, node: Option<&str>, stop: &Arc<AtomicBool>) -> Result<(Feed, Cluster), String> {
+        match source {
+            Source::Files(paths) => {
+                let stamp = palisade_policy::load::stamp(paths);
+                let cluster = palisade_policy::load_cluster(paths).map_err(|e| messages(&e))?;
+                Ok((Feed::Files(paths.clone(), stamp), cluster))
+            }
+            Source::Control(url) => {
+                let rx =
+                    palisade_control::client::follow(url.clone(), node.unwrap_or_default().to_string(), stop.clone()).map_err(|e| e.to_string())?;
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(state) => match state.cluster() {
+                            Ok(c) => return Ok((Feed::Control(rx), c)),
+                            Err(e) => eprintln!("palisade-dataplane: rejected revision {} from the control plane:\n{}", state.revision, messages(&e)),
+                        },
+                        Err(_) if stop.load(Ordering::Relaxed) => return Err("stopped before the first state arrived".into()),
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new state, if one arrived since the last call: the cluster, or why it was refused.
+    fn next(&mut self) -> Option<Result<Cluster, String>> {
+        match self {
+            Feed::Files(paths, stamp) => {
+                let now = palisade_policy::load::stamp(paths);
+                if now == *stamp {
+                    return None;
+                }
+                *stamp = now;
+                Some(palisade_policy::load_cluster(paths).map_err(|e| messages(&e)))
+            }
+            Feed::Control(rx) => {
+                let latest = rx.try_iter().last()?;
+                Some(latest.cluster().map_err(|e| format!("revision {} from the control plane: {}", latest.revision, messages(&e))))
+            }
+        }
+    }
+}
 
 /// What the agent reports about itself.
 #[derive(Debug, Default, Serialize)]
@@ -111,7 +176,7 @@ pub const WORKLOAD_TAP: &str = "palwl0";
 /// Runs the agent until `stop` is set; returns an error if the first state cannot be loaded
 /// or the packet path cannot be set up.
 pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let cluster = palisade_policy::load_cluster(&config.state).map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
+    let (mut feed, cluster) = Feed::start(&config.source, config.node.as_deref(), &stop)?;
     let conntrack = Arc::new(ConnTrack::new(conntrack::Config { capacity: config.conntrack_capacity, timeouts: Default::default() }));
     let mut redirector = Redirector::load().map_err(|e| e.to_string())?;
     let host_path = Arc::new(HostPath::new(redirector.flow_table().map_err(|e| e.to_string())?));
@@ -167,7 +232,6 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     }
     eprintln!("palisade-dataplane: enforcing revision 1 ({} endpoints, {} queues)", snapshot.load().endpoints.len(), config.queues);
 
-    let mut stamp = state_stamp(&config.state);
     let mut cluster = cluster;
     let mut revision = 1;
     let mut last_sweep = Instant::now();
@@ -181,27 +245,24 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
             agent.sweep_host(epoch);
             last_sweep = Instant::now();
         }
-        let now = state_stamp(&config.state);
+        let next = feed.next();
         let appeared = agent.awaited.iter().any(|name| palisade_bpf::ifindex(name).is_ok());
-        if now == stamp && !appeared && !agent.host_addresses_changed() {
+        if next.is_none() && !appeared && !agent.host_addresses_changed() {
             continue;
         }
-        if now != stamp {
-            stamp = now;
-            match palisade_policy::load_cluster(&config.state) {
-                Ok(c) => {
-                    // Rules of any policy may have changed: recompile everything (the compiler
-                    // still shares identical chains and reuses IP sets).
-                    agent.compiler = Compiler::new();
-                    cluster = c;
-                }
-                Err(errs) => {
-                    let msg = errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
-                    eprintln!("palisade-dataplane: rejected the new state, still enforcing revision {revision}:\n{msg}");
-                    status.lock().expect("lock").last_error = Some(msg);
-                    continue;
-                }
+        match next {
+            Some(Ok(c)) => {
+                // Rules of any policy may have changed: recompile everything (the compiler
+                // still shares identical chains and reuses IP sets).
+                agent.compiler = Compiler::new();
+                cluster = c;
             }
+            Some(Err(msg)) => {
+                eprintln!("palisade-dataplane: rejected the new state, still enforcing revision {revision}:\n{msg}");
+                status.lock().expect("lock").last_error = Some(msg);
+                continue;
+            }
+            None => {}
         }
         revision += 1;
         match agent.apply(&cluster, revision) {
@@ -440,30 +501,6 @@ fn interface_mac(name: &str) -> Result<Mac, String> {
 pub fn parse_mac(s: &str) -> Option<Mac> {
     let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
     parts.try_into().ok()
-}
-
-/// Modification times and sizes of every file under the state paths: a change in any is a
-/// change of state. (Polling a handful of files every 200 ms costs nothing and works on every
-/// filesystem.)
-fn state_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
-    let mut out = Vec::new();
-    for p in paths {
-        let mut stack = vec![p.clone()];
-        while let Some(p) = stack.pop() {
-            match std::fs::metadata(&p) {
-                Ok(m) if m.is_dir() => {
-                    if let Ok(rd) = std::fs::read_dir(&p) {
-                        stack.extend(rd.flatten().map(|e| e.path()));
-                    }
-                    out.push((p, m.modified().ok(), 0));
-                }
-                Ok(m) => out.push((p, m.modified().ok(), m.len())),
-                Err(_) => out.push((p, None, 0)),
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn serve_stats(

@@ -1,7 +1,7 @@
 //! `palisade-dataplane`: the node agent and its packet workers.
 
 use clap::Parser;
-use palisade_dataplane::agent::{self, parse_mac, Config};
+use palisade_dataplane::agent::{self, parse_mac, Config, Source};
 use palisade_dataplane::datapath::EndpointToHost;
 use palisade_dataplane::worker::Wait;
 use palisade_policy::host::{parse_failsafes, Failsafes};
@@ -17,9 +17,13 @@ use std::sync::Arc;
 #[command(name = "palisade-dataplane", version)]
 struct Args {
     /// Manifest files or directories holding the cluster state (Pods, Namespaces, HostEndpoints,
-    /// policies, ...).
-    #[arg(long = "state", visible_alias = "policy", required = true)]
+    /// policies, ...), watched for changes.
+    #[arg(long = "state", visible_alias = "policy", required_unless_present = "control", conflicts_with = "control")]
     state: Vec<PathBuf>,
+    /// Follow the cluster state from palisade-control at this URL (http://127.0.0.1:5473)
+    /// instead of files; the agent keeps enforcing the last state while it is unreachable.
+    #[arg(long)]
+    control: Option<String>,
     /// A host interface to protect with its HostEndpoint (repeat for more). Interfaces without a
     /// HostEndpoint are not policed.
     #[arg(long = "interface")]
@@ -99,7 +103,10 @@ fn main() -> ExitCode {
         signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
     }
     let config = Config {
-        state: args.state,
+        source: match args.control {
+            Some(url) => Source::Control(url),
+            None => Source::Files(args.state),
+        },
         queues: args.queues,
         node: args.node,
         uplink,

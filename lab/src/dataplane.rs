@@ -27,10 +27,18 @@ impl Dataplane {
 
     /// [`Dataplane::start`] with `extra` arguments.
     pub fn start_with(binary: &Path, lab: &Lab, state: &Path, queues: u32, extra: &[&str]) -> Result<Dataplane, String> {
-        let gateway = EXT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        let mut args = ["--queues", &queues.to_string(), "--uplink", lab.uplink(), "--gateway-mac", &gateway].map(String::from).to_vec();
+        let mut args = node_args(lab, queues);
         args.extend(extra.iter().map(|a| a.to_string()));
-        Dataplane::spawn(binary, lab.node_netns(), state, &args)
+        args.extend(["--state".to_string(), state.display().to_string()]);
+        Dataplane::spawn(binary, lab.node_netns(), &args)
+    }
+
+    /// Starts `binary` in the lab's node namespace like [`Dataplane::start`], following the
+    /// control plane at `url` (as node `node1`) instead of a state directory.
+    pub fn start_control(binary: &Path, lab: &Lab, url: &str, queues: u32) -> Result<Dataplane, String> {
+        let mut args = node_args(lab, queues);
+        args.extend(["--control", url, "--node", "node1"].map(String::from));
+        Dataplane::spawn(binary, lab.node_netns(), &args)
     }
 
     /// Starts `binary` in the host lab's host namespace protecting both its interfaces, reading
@@ -39,16 +47,15 @@ impl Dataplane {
     pub fn start_host(binary: &Path, lab: &HostLab, state: &Path, extra: &[&str]) -> Result<Dataplane, String> {
         let mut args: Vec<String> = ["--interface", SIDE_A.interface, "--interface", SIDE_B.interface].map(String::from).to_vec();
         args.extend(extra.iter().map(|a| a.to_string()));
-        Dataplane::spawn(binary, lab.host_netns(), state, &args)
+        args.extend(["--state".to_string(), state.display().to_string()]);
+        Dataplane::spawn(binary, lab.host_netns(), &args)
     }
 
-    fn spawn(binary: &Path, ns: &str, state: &Path, args: &[String]) -> Result<Dataplane, String> {
+    fn spawn(binary: &Path, ns: &str, args: &[String]) -> Result<Dataplane, String> {
         let stats = PathBuf::from(format!("/run/palisade/{ns}.sock"));
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(binary)
-            .arg("--state")
-            .arg(state)
             .args(args)
             .arg("--stats-socket")
             .arg(&stats)
@@ -122,6 +129,12 @@ impl Drop for Dataplane {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The node agent's arguments for a lab: workers, uplink and its gateway.
+fn node_args(lab: &Lab, queues: u32) -> Vec<String> {
+    let gateway = EXT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    ["--queues", &queues.to_string(), "--uplink", lab.uplink(), "--gateway-mac", &gateway].map(String::from).to_vec()
 }
 
 /// Reads the JSON a dataplane serves on its stats socket.

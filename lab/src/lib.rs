@@ -6,11 +6,13 @@
 //! opened inside a namespace with [`run_in`]. Everything created is removed by guards on drop, panics included.
 //! [`dataplane::Dataplane`] runs `palisade-dataplane` on a lab, and [`matrix`] probes every pod from every other.
 //! [`HostLab`] is a bare-metal host with two networks, for host-endpoint tests. [`state::StateDir`] is a
-//! manifest directory to change under a running dataplane; [`echo`] holds long-lived TCP connections.
+//! manifest directory to change under a running dataplane; [`echo`] holds long-lived TCP connections;
+//! [`etcd::Etcd`] is a real etcd on loopback.
 
 pub mod dataplane;
 pub mod echo;
 mod error;
+pub mod etcd;
 mod host_lab;
 pub mod matrix;
 mod netns;

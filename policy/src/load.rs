@@ -70,6 +70,11 @@ const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 /// name order) are read. Returns all resources, or every error found (a bad document never
 /// silently drops out).
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Loaded>, Vec<Error>> {
+    load_documents(paths).map(|docs| docs.into_iter().map(|(l, _)| l).collect())
+}
+
+/// [`load_paths`], keeping each resource's document.
+pub fn load_documents<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<(Loaded, serde_json::Value)>, Vec<Error>> {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for p in paths {
@@ -78,8 +83,8 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Loaded>, Vec<Error>
     let mut out = Vec::new();
     for file in files {
         match std::fs::read_to_string(&file) {
-            Ok(text) => match parse_str(&text) {
-                Ok(rs) => out.extend(rs.into_iter().map(|resource| Loaded { resource, file: Some(file.clone()) })),
+            Ok(text) => match parse_documents(&text) {
+                Ok(rs) => out.extend(rs.into_iter().map(|(resource, doc)| (Loaded { resource, file: Some(file.clone()) }, doc))),
                 Err(es) => errors.extend(es.into_iter().map(|e| e.in_file(&file))),
             },
             Err(e) => errors.push(Error { file: Some(file.clone()), resource: None, field: None, message: e.to_string() }),
@@ -87,6 +92,21 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Loaded>, Vec<Error>
     }
     if errors.is_empty() {
         Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The manifest files of `paths`: files as given, directories' `.yaml`/`.yml`/`.json` files
+/// (recursively, in name order).
+pub fn manifest_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>, Vec<Error>> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        collect_files(p.as_ref(), &mut files, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(files)
     } else {
         Err(errors)
     }
@@ -118,6 +138,11 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<Error>)
 
 /// Parses the text of one manifest file (YAML, which includes JSON; several documents allowed).
 pub fn parse_str(text: &str) -> Result<Vec<Resource>, Vec<Error>> {
+    parse_documents(text).map(|docs| docs.into_iter().map(|(r, _)| r).collect())
+}
+
+/// [`parse_str`], keeping each resource's document (Lists flattened into their items).
+pub fn parse_documents(text: &str) -> Result<Vec<(Resource, serde_json::Value)>, Vec<Error>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -142,7 +167,7 @@ pub fn parse_str(text: &str) -> Result<Vec<Resource>, Vec<Error>> {
     }
 }
 
-fn collect_resources(value: serde_json::Value, where_: &str, out: &mut Vec<Resource>, errors: &mut Vec<Error>) {
+fn collect_resources(value: serde_json::Value, where_: &str, out: &mut Vec<(Resource, serde_json::Value)>, errors: &mut Vec<Error>) {
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
     if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
         match value.get("items").and_then(|i| i.as_array()) {
@@ -155,8 +180,8 @@ fn collect_resources(value: serde_json::Value, where_: &str, out: &mut Vec<Resou
         }
         return;
     }
-    match resource_from_value(value, where_) {
-        Ok(r) => out.push(r),
+    match resource_from_value(value.clone(), where_) {
+        Ok(r) => out.push((r, value)),
         Err(e) => errors.push(e),
     }
 }
@@ -228,4 +253,28 @@ fn typed<T: DeserializeOwned>(value: serde_json::Value, root: &str, resource: &s
         let field = if inner == "." || inner.is_empty() { root.to_string() } else { format!("{root}.{inner}") };
         Error::field(resource, field, e.into_inner().to_string())
     })
+}
+
+/// Modification times and sizes of every file under the state paths: a change in any is a
+/// change of state. (Polling a handful of files every 200 ms costs nothing and works on every
+/// filesystem.)
+pub fn stamp<P: AsRef<Path>>(paths: &[P]) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let mut stack = vec![p.as_ref().to_path_buf()];
+        while let Some(p) = stack.pop() {
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if let Ok(rd) = std::fs::read_dir(&p) {
+                        stack.extend(rd.flatten().map(|e| e.path()));
+                    }
+                    out.push((p, m.modified().ok(), 0));
+                }
+                Ok(m) => out.push((p, m.modified().ok(), m.len())),
+                Err(_) => out.push((p, None, 0)),
+            }
+        }
+    }
+    out.sort();
+    out
 }

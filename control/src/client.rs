@@ -1,0 +1,62 @@
+//! Clients of the control plane: `palisadectl` (the store) and the node agent (the sync stream,
+//! followed from a thread of its own with reconnection).
+
+use crate::proto::store_client::StoreClient;
+use crate::proto::sync_client::SyncClient;
+use crate::proto::SubscribeRequest;
+use crate::store::{Key, State, Stored};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Connects to the store service at `url` (`http://127.0.0.1:5473`).
+pub async fn store(url: &str) -> Result<StoreClient<Channel>, String> {
+    StoreClient::connect(url.to_string()).await.map_err(|e| format!("connecting to the control plane at {url}: {e}"))
+}
+
+/// Follows the state for `node` from the control plane at `url` in a thread of its own: every
+/// state it receives is sent on the returned channel. It reconnects (backing off from 100 ms to
+/// 2 s) whenever the stream breaks, and stops when `stop` is set or the receiver is dropped.
+pub fn follow(url: String, node: String, stop: Arc<AtomicBool>) -> std::io::Result<mpsc::Receiver<State>> {
+    let (tx, rx) = mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("palisade-sync".into()).spawn(move || {
+        runtime.block_on(async move {
+            let mut backoff = Duration::from_millis(100);
+            while !stop.load(Ordering::Relaxed) {
+                match stream(&url, &node, &tx, &stop, &mut backoff).await {
+                    Ok(()) => return,
+                    Err(e) => eprintln!("palisade-dataplane: control plane {url}: {e}; retrying in {backoff:?}"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        })
+    })?;
+    Ok(rx)
+}
+
+/// One subscription: `Ok` when told to stop, `Err` when the stream broke.
+async fn stream(url: &str, node: &str, tx: &mpsc::Sender<State>, stop: &AtomicBool, backoff: &mut Duration) -> Result<(), String> {
+    let mut client = SyncClient::connect(url.to_string()).await.map_err(|e| e.to_string())?;
+    let mut updates = client.subscribe(SubscribeRequest { node: node.to_string() }).await.map_err(|e| e.to_string())?.into_inner();
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(200), updates.message()).await;
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Ok(next) = next else { continue };
+        let Some(update) = next.map_err(|e| e.to_string())? else { return Err("the stream ended".into()) };
+        *backoff = Duration::from_millis(100);
+        let mut state = State { revision: update.revision, ..State::default() };
+        for r in update.resources {
+            let doc = serde_json::from_str(&r.json).map_err(|e| format!("{} {}: {e}", r.kind, r.name))?;
+            state.resources.insert(Key { kind: r.kind, namespace: r.namespace, name: r.name }, Stored { doc, revision: r.revision });
+        }
+        if tx.send(state).is_err() {
+            return Ok(());
+        }
+    }
+}

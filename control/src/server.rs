@@ -1,0 +1,195 @@
+//! The gRPC services: `Store` (apply, get, delete, as `palisadectl` uses them) and `Sync` (the
+//! stream each node agent follows).
+//!
+//! A write is validated against the whole state it would produce — every manifest must load and
+//! the result must build a cluster — and refused whole otherwise, with the errors naming the
+//! resource and field; the datastore is never left holding a state agents cannot enforce.
+//! `Sync` sends the current state, then a new one after every change; a slow subscriber skips
+//! intermediate states and gets the latest (each message is complete).
+
+use crate::proto::store_server::{Store, StoreServer};
+use crate::proto::sync_server::{Sync, SyncServer};
+use crate::proto::{self, ApplyReply, ApplyRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, StateUpdate, SubscribeRequest};
+use crate::store::{Change, Datastore, Key, State};
+use palisade_policy::load::parse_documents;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// The control plane: a datastore and the state it publishes.
+#[derive(Clone)]
+pub struct Control {
+    ds: Arc<dyn Datastore>,
+    state: watch::Receiver<Arc<State>>,
+}
+
+impl Control {
+    /// Starts following `ds` (on the current tokio runtime).
+    pub fn start(ds: Arc<dyn Datastore>) -> Control {
+        let (tx, state) = watch::channel(Arc::new(State::default()));
+        tokio::spawn(ds.clone().run(tx));
+        Control { ds, state }
+    }
+
+    /// Serves both services on `listener` until the future is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_service(StoreServer::new(self.clone()))
+            .add_service(SyncServer::new(self))
+            .serve_with_incoming(incoming)
+            .await
+    }
+
+    /// Waits (up to 5 s) until the datastore has been read once.
+    async fn ready(&self) -> Result<(), Status> {
+        let mut rx = self.state.clone();
+        let loaded = matches!(tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.revision > 0)).await, Ok(Ok(_)));
+        if loaded {
+            Ok(())
+        } else {
+            Err(Status::unavailable("the datastore has not been read yet"))
+        }
+    }
+
+    /// Writes the changes if the state they produce loads; waits until the state shows them.
+    async fn commit(&self, changes: Vec<Change>) -> Result<i64, Status> {
+        self.ready().await?;
+        let mut next = (**self.state.borrow()).clone();
+        for (key, doc) in &changes {
+            match doc {
+                Some(d) => {
+                    next.resources.insert(key.clone(), crate::store::Stored { doc: d.clone(), revision: 0 });
+                }
+                None => {
+                    next.resources.remove(key);
+                }
+            }
+        }
+        if let Err(errs) = next.cluster() {
+            let msg: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            return Err(Status::invalid_argument(format!("the change was refused whole, the stored state is unchanged:\n{}", msg.join("\n"))));
+        }
+        let revision = self.ds.write(changes).await.map_err(Status::unavailable)?;
+        let mut rx = self.state.clone();
+        let seen = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.revision >= revision)).await;
+        if !matches!(seen, Ok(Ok(_))) {
+            return Err(Status::unavailable(format!("revision {revision} was written but not seen back from the datastore")));
+        }
+        Ok(revision)
+    }
+
+    fn matching(&self, kind: &str, name: &str, namespace: &str) -> Vec<proto::Resource> {
+        let state = self.state.borrow();
+        state
+            .resources
+            .iter()
+            .filter(|(k, _)| kind.is_empty() || k.kind.eq_ignore_ascii_case(kind))
+            .filter(|(k, _)| name.is_empty() || k.name == name)
+            .filter(|(k, _)| namespace.is_empty() || k.namespace == namespace || k.namespace.is_empty())
+            .map(|(k, s)| to_proto(k, &s.doc, s.revision))
+            .collect()
+    }
+}
+
+fn to_proto(k: &Key, doc: &serde_json::Value, revision: i64) -> proto::Resource {
+    proto::Resource { kind: k.kind.clone(), namespace: k.namespace.clone(), name: k.name.clone(), json: doc.to_string(), revision }
+}
+
+#[tonic::async_trait]
+impl Store for Control {
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
+        let req = req.into_inner();
+        let docs = parse_documents(&req.manifests).map_err(|errs| {
+            let msg: Vec<String> = errs.iter().map(|e| format!("{}: {e}", req.source)).collect();
+            Status::invalid_argument(msg.join("\n"))
+        })?;
+        if docs.is_empty() {
+            return Err(Status::invalid_argument(format!("{}: no resources", req.source)));
+        }
+        let changes: Vec<Change> = docs.iter().map(|(r, doc)| (Key::of(r), Some(doc.clone()))).collect();
+        let revision = self.commit(changes.clone()).await?;
+        let applied = changes.iter().map(|(k, d)| to_proto(k, d.as_ref().expect("puts"), revision)).collect();
+        Ok(Response::new(ApplyReply { applied, revision }))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
+        self.ready().await?;
+        let r = req.into_inner();
+        let resources = self.matching(&r.kind, &r.name, &r.namespace);
+        if !r.name.is_empty() && resources.is_empty() {
+            return Err(Status::not_found(format!("{} {} not found", r.kind, r.name)));
+        }
+        Ok(Response::new(GetReply { resources, revision: self.state.borrow().revision }))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
+        let r = req.into_inner();
+        if r.kind.is_empty() || r.name.is_empty() {
+            return Err(Status::invalid_argument("delete needs a kind and a name"));
+        }
+        self.ready().await?;
+        let deleted = self.matching(&r.kind, &r.name, &r.namespace);
+        if deleted.is_empty() {
+            return Err(Status::not_found(format!("{} {} not found", r.kind, r.name)));
+        }
+        let changes = deleted.iter().map(|d| (Key { kind: d.kind.clone(), namespace: d.namespace.clone(), name: d.name.clone() }, None)).collect();
+        let revision = self.commit(changes).await?;
+        Ok(Response::new(DeleteReply { deleted, revision }))
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<StateUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Sync for Control {
+    type SubscribeStream = UpdateStream;
+
+    async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<UpdateStream>, Status> {
+        let node = req.into_inner().node;
+        eprintln!("palisade-control: node {node:?} subscribed");
+        let mut rx = self.state.clone();
+        let stream = async_stream(move |tx| async move {
+            // Wait for the first loaded state, then send every change.
+            loop {
+                let state = rx.borrow_and_update().clone();
+                if state.revision > 0 {
+                    let update = StateUpdate {
+                        revision: state.revision,
+                        resources: state.resources.iter().map(|(k, s)| to_proto(k, &s.doc, s.revision)).collect(),
+                    };
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task through a channel of one message (a slow reader holds back its own
+/// task only; the state it reads next is the latest).
+fn async_stream<F, Fut>(f: F) -> UpdateStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<StateUpdate, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Runs a control plane on `addr` with `ds` until the process ends (the binary's main loop).
+pub async fn run(addr: SocketAddr, ds: Arc<dyn Datastore>) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listening on {addr}: {e}"))?;
+    eprintln!("palisade-control: serving on {}", listener.local_addr().map_err(|e| e.to_string())?);
+    Control::start(ds).serve(listener).await.map_err(|e| e.to_string())
+}
