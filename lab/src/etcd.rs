@@ -1,5 +1,6 @@
-//! A real etcd (Debian's `etcd-server`) on loopback for tests: free ports, a temporary data
-//! directory, started and stopped (or restarted on the same data) on demand; killed on drop.
+//! A real etcd (Debian's `etcd-server`) on loopback for tests, in the caller's network namespace
+//! or a lab's: free ports, a temporary data directory, started and stopped (or restarted on the
+//! same data) on demand; killed on drop.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 /// A running (or stopped) single-member etcd.
 pub struct Etcd {
+    /// The network namespace it runs in (`None`: the caller's).
+    netns: Option<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     client_port: u16,
@@ -21,9 +24,14 @@ fn free_port() -> std::io::Result<u16> {
 impl Etcd {
     /// Starts etcd on two free loopback ports and waits until it is healthy.
     pub fn start() -> Result<Etcd, String> {
+        Etcd::start_in(None)
+    }
+
+    /// [`Etcd::start`] inside the network namespace `netns` (on its loopback).
+    pub fn start_in(netns: Option<&str>) -> Result<Etcd, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let mut etcd =
-            Etcd { child: None, dir, client_port: free_port().map_err(|e| e.to_string())?, peer_port: free_port().map_err(|e| e.to_string())? };
+        let port = || free_port().map_err(|e| e.to_string());
+        let mut etcd = Etcd { netns: netns.map(str::to_string), child: None, dir, client_port: port()?, peer_port: port()? };
         etcd.restart()?;
         Ok(etcd)
     }
@@ -45,7 +53,15 @@ impl Etcd {
     pub fn restart(&mut self) -> Result<(), String> {
         self.stop();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcd"]);
+                c
+            }
+            None => Command::new("etcd"),
+        };
+        let child = cmd
             .args(["--name", "palisade-test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
@@ -67,10 +83,17 @@ impl Etcd {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else { return false };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut body = String::new();
-        s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok() && s.read_to_string(&mut body).is_ok() && body.contains("\"health\":\"true\"")
+        let port = self.client_port;
+        let check = move || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut body = String::new();
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok() && s.read_to_string(&mut body).is_ok() && body.contains("\"health\":\"true\"")
+        };
+        match &self.netns {
+            Some(ns) => crate::run_in(ns, check).unwrap_or(false),
+            None => check(),
+        }
     }
 }
 
