@@ -322,7 +322,7 @@ fn nft_cleanup(path: ForwardPath) -> String {
 
 /// The cluster state of [`ForwardPath::Palisade`]: the two pods and a Calico GlobalNetworkPolicy on the sink's ingress
 /// with `rules` rules, the same as [`nft_ruleset`]'s.
-fn cluster(rules: usize) -> String {
+pub(crate) fn cluster(rules: usize) -> String {
     let pod = |name: &str, ip: Ipv4Addr| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: bench\n  labels:\n    app: {name}\nspec:\n  containers:\n    - name: main\n      image: busybox\nstatus:\n  podIP: {ip}\n  podIPs:\n    - ip: {ip}\n---\n"

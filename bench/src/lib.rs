@@ -8,5 +8,6 @@ pub mod forward;
 pub mod k8s;
 pub mod local;
 pub mod plot;
+pub mod sync;
 mod traffic;
 pub mod tss;

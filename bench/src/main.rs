@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use palisade_bench::classbench::{self, Filter, Shape};
 use palisade_bench::forward::{ForwardPath, PathKind, Rig, Traffic, Window};
 use palisade_bench::local::{HostRig, LocalPath, Window as LocalWindow};
+use palisade_bench::sync::SyncRig;
 use palisade_bench::{k8s, plot, tss};
 use palisade_dataplane::classifier::linear::LinearClassifier;
 use palisade_dataplane::classifier::tree::{TreeClassifier, TreeRule};
@@ -99,6 +100,30 @@ enum Command {
         #[arg(long, default_value_t = 3000)]
         round_trips: usize,
     },
+    /// The control plane (run as root): policy change → enforced by an agent with a policy of
+    /// `--rules` rules loaded (p50/p99 over `--changes` changes), then fan-out of one change to
+    /// `--agents` simulated agents with `--pods` pods and `--policies` policies stored. Real
+    /// etcd and palisade-control in a namespace of their own.
+    Sync {
+        /// Rules of the policy loaded while changes are timed.
+        #[arg(long, default_value_t = 10_000)]
+        rules: usize,
+        /// Changes timed.
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+        /// Simulated agents for the fan-out.
+        #[arg(long, default_value_t = 1_000)]
+        agents: usize,
+        /// Pods stored for the fan-out.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Policies stored for the fan-out.
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        /// The palisade-dataplane and palisade-control binaries' directory (default: this one's).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
     /// Draws the SVG of saved results (the JSON lines of `classify` or `forward`).
     Plot {
         /// The saved JSON lines.
@@ -158,6 +183,11 @@ fn main() {
             let run =
                 LocalRun { traffic, paths, rounds: windows.rounds, window: windows.window(), warmup: windows.warmup(), connections, round_trips };
             local_bench(&run, &dataplane).unwrap_or_else(|e| fail(&e));
+            return;
+        }
+        Command::Sync { rules, changes, agents, pods, policies, bin_dir } => {
+            let dir = bin_dir.unwrap_or_else(|| sibling("palisade-control").parent().map(PathBuf::from).unwrap_or_default());
+            sync_bench(&dir, rules, changes, agents, pods, policies).unwrap_or_else(|e| fail(&e));
             return;
         }
         Command::Plot { results, svg } => {
@@ -353,6 +383,29 @@ fn local_bench(run: &LocalRun, dataplane: &std::path::Path) -> Result<(), String
                    "rtt_p50_us": r(l.rtt_p50_us), "rtt_p99_us": r(l.rtt_p99_us), "machine": machine()})
         );
     }
+    Ok(())
+}
+
+/// Runs the control-plane benchmark; prints JSON lines.
+fn sync_bench(bin: &std::path::Path, rules: usize, changes: usize, agents: usize, pods: usize, policies: usize) -> Result<(), String> {
+    let rig = SyncRig::up("psync", &bin.join("palisade-control"))?;
+    let mut times = rig.change_to_enforced(&bin.join("palisade-dataplane"), rules, changes)?;
+    times.sort();
+    let pct = |p: f64| (times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e4).round() / 10.0;
+    println!(
+        "{}",
+        json!({"scenario": "sync-change-to-enforced", "rules": rules, "changes": changes, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "machine": machine()})
+    );
+    drop(rig);
+    let rig = SyncRig::up("psync", &bin.join("palisade-control"))?;
+    let f = rig.fan_out(agents, pods, policies)?;
+    let r = |x: f64| (x * 10.0).round() / 10.0;
+    println!(
+        "{}",
+        json!({"scenario": "sync-fan-out", "agents": agents, "pods": pods, "policies": policies, "state_bytes": f.state_bytes,
+               "initial_sync_ms": r(f.initial_sync_ms), "delta_p50_ms": r(f.delta_p50_ms), "delta_p99_ms": r(f.delta_p99_ms),
+               "delta_max_ms": r(f.delta_max_ms), "server_rss_mib": r(f.server_rss_mib), "machine": machine()})
+    );
     Ok(())
 }
 

@@ -25,6 +25,26 @@ use tonic::{Request, Response, Status};
 pub struct Control {
     ds: Arc<dyn Datastore>,
     state: watch::Receiver<Arc<State>>,
+    encoded: Arc<Encoded>,
+}
+
+/// The state message of the latest revision, built once for every subscriber.
+#[derive(Default)]
+struct Encoded(std::sync::Mutex<Option<Arc<StateUpdate>>>);
+
+impl Encoded {
+    fn update(&self, state: &State) -> Arc<StateUpdate> {
+        let mut cached = self.0.lock().expect("lock");
+        match cached.as_ref() {
+            Some(u) if u.revision == state.revision => u.clone(),
+            _ => {
+                let resources = state.resources.iter().map(|(k, s)| to_proto(k, &s.doc, s.revision)).collect();
+                let u = Arc::new(StateUpdate { revision: state.revision, resources });
+                *cached = Some(u.clone());
+                u
+            }
+        }
+    }
 }
 
 impl Control {
@@ -32,7 +52,7 @@ impl Control {
     pub fn start(ds: Arc<dyn Datastore>) -> Control {
         let (tx, state) = watch::channel(Arc::new(State::default()));
         tokio::spawn(ds.clone().run(tx));
-        Control { ds, state }
+        Control { ds, state, encoded: Arc::default() }
     }
 
     /// Serves both services on `listener` until the future is dropped.
@@ -153,16 +173,14 @@ impl Sync for Control {
         let node = req.into_inner().node;
         eprintln!("palisade-control: node {node:?} subscribed");
         let mut rx = self.state.clone();
+        let encoded = self.encoded.clone();
         let stream = async_stream(move |tx| async move {
             // Wait for the first loaded state, then send every change.
             loop {
                 let state = rx.borrow_and_update().clone();
                 if state.revision > 0 {
-                    let update = StateUpdate {
-                        revision: state.revision,
-                        resources: state.resources.iter().map(|(k, s)| to_proto(k, &s.doc, s.revision)).collect(),
-                    };
-                    if tx.send(Ok(update)).await.is_err() {
+                    let update = encoded.update(&state);
+                    if tx.send(Ok((*update).clone())).await.is_err() {
                         return;
                     }
                 }

@@ -162,6 +162,9 @@ impl Datastore for DirStore {
     }
 }
 
+/// Operations per etcd transaction (etcd's default limit).
+const MAX_TXN_OPS: usize = 128;
+
 /// etcd v3: each resource a key `<prefix><kind>/<namespace or _>/<name>` holding its manifest as
 /// JSON; etcd's revisions are the store's. The state is read whole, then followed with a watch
 /// from the next revision; after a disconnect or a compaction it is read whole again.
@@ -259,25 +262,31 @@ impl EtcdStore {
 
 #[tonic::async_trait]
 impl Datastore for EtcdStore {
+    /// One transaction per 128 changes (etcd's default `--max-txn-ops`): a larger write reaches
+    /// watchers in several revisions, each a state that was validated as a whole with the rest.
     async fn write(&self, changes: Vec<Change>) -> Result<i64, String> {
         let mut client = self.client().await?;
-        let ops: Vec<etcd_client::TxnOp> = changes
-            .iter()
-            .map(|(key, doc)| {
-                let k = format!("{}{}", self.prefix, key.path());
-                match doc {
-                    Some(d) => etcd_client::TxnOp::put(k, d.to_string(), None),
-                    None => etcd_client::TxnOp::delete(k, None),
+        let mut revision = 0;
+        for chunk in changes.chunks(MAX_TXN_OPS) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|(key, doc)| {
+                    let k = format!("{}{}", self.prefix, key.path());
+                    match doc {
+                        Some(d) => etcd_client::TxnOp::put(k, d.to_string(), None),
+                        None => etcd_client::TxnOp::delete(k, None),
+                    }
+                })
+                .collect();
+            match client.txn(etcd_client::Txn::new().and_then(ops)).await {
+                Ok(resp) => revision = resp.header().map_or(0, |h| h.revision()),
+                Err(e) => {
+                    self.forget_client().await;
+                    return Err(format!("writing to etcd: {e}"));
                 }
-            })
-            .collect();
-        match client.txn(etcd_client::Txn::new().and_then(ops)).await {
-            Ok(resp) => Ok(resp.header().map_or(0, |h| h.revision())),
-            Err(e) => {
-                self.forget_client().await;
-                Err(format!("writing to etcd: {e}"))
             }
         }
+        Ok(revision)
     }
 
     async fn run(self: Arc<Self>, tx: watch::Sender<Arc<State>>) {

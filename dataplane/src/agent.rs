@@ -102,10 +102,12 @@ impl Feed {
         }
     }
 
-    /// A new state, if one arrived since the last call: the cluster, or why it was refused.
-    fn next(&mut self) -> Option<Result<Cluster, String>> {
+    /// A new state, if one arrives within `wait` (files are looked at after `wait`; a control
+    /// plane's state is taken as soon as it arrives): the cluster, or why it was refused.
+    fn next(&mut self, wait: Duration) -> Option<Result<Cluster, String>> {
         match self {
             Feed::Files(paths, stamp) => {
+                std::thread::sleep(wait);
                 let now = palisade_policy::load::stamp(paths);
                 if now == *stamp {
                     return None;
@@ -114,7 +116,8 @@ impl Feed {
                 Some(palisade_policy::load_cluster(paths).map_err(|e| messages(&e)))
             }
             Feed::Control(rx) => {
-                let latest = rx.try_iter().last()?;
+                let first = rx.recv_timeout(wait).ok()?;
+                let latest = rx.try_iter().last().unwrap_or(first);
                 Some(latest.cluster().map_err(|e| format!("revision {} from the control plane: {}", latest.revision, messages(&e))))
             }
         }
@@ -236,7 +239,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut revision = 1;
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
+        let next = feed.next(Duration::from_millis(200));
         if let Ok(c) = agent.redirector.counters() {
             *redirector_counters.lock().expect("lock") = c.into_iter().collect();
         }
@@ -245,7 +248,6 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
             agent.sweep_host(epoch);
             last_sweep = Instant::now();
         }
-        let next = feed.next();
         let appeared = agent.awaited.iter().any(|name| palisade_bpf::ifindex(name).is_ok());
         if next.is_none() && !appeared && !agent.host_addresses_changed() {
             continue;
@@ -532,7 +534,12 @@ fn serve_stats(
                         };
                         let _ = serde_json::to_writer(&mut conn, &doc);
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(_) => {
+                        // Wake as soon as a reader connects (readers time revisions by it).
+                        let mut fd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&listener), events: libc::POLLIN, revents: 0 };
+                        // SAFETY: one valid pollfd for the duration of the call.
+                        unsafe { libc::poll(&mut fd, 1, 100) };
+                    }
                 }
             }
             let _ = std::fs::remove_file(&path);

@@ -1,0 +1,255 @@
+//! The control-plane benchmark: how fast a policy change reaches enforcement, and how the sync
+//! stream fans out to many agents.
+//!
+//! Everything runs in a network namespace of its own, on its loopback: a real etcd, a
+//! `palisade-control` on it, and either one `palisade-dataplane --control` (change → enforced:
+//! from the `apply` call to the agent's stats showing the new revision, the classifiers recompiled
+//! and swapped) or many simulated agents, gRPC subscribers in this process (fan-out: from the
+//! `apply` call to each subscriber receiving the new state).
+
+use crate::forward;
+use palisade_control::proto::sync_client::SyncClient;
+use palisade_control::proto::{ApplyRequest, SubscribeRequest};
+use palisade_lab::dataplane::read_stats;
+use palisade_lab::etcd::Etcd;
+use palisade_lab::{ip_in, run_in, Netns};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The namespace with etcd and a control plane.
+pub struct SyncRig {
+    // Field order is drop order: processes before the namespace.
+    control: Child,
+    _etcd: Etcd,
+    ns: Netns,
+    url: String,
+}
+
+/// Fan-out figures.
+#[derive(Debug)]
+pub struct FanOut {
+    /// From the first subscription to every subscriber holding the snapshot, ms.
+    pub initial_sync_ms: f64,
+    /// From `apply` to each subscriber holding the new state: median, 99th percentile and last, ms.
+    pub delta_p50_ms: f64,
+    /// 99th percentile.
+    pub delta_p99_ms: f64,
+    /// The last subscriber.
+    pub delta_max_ms: f64,
+    /// Resident memory of `palisade-control` after the change, MiB.
+    pub server_rss_mib: f64,
+    /// Bytes of one state message.
+    pub state_bytes: usize,
+}
+
+impl SyncRig {
+    /// Creates the namespace `name`, etcd and `control` (the palisade-control binary) in it.
+    pub fn up(name: &str, control: &Path) -> Result<SyncRig, String> {
+        let _ = palisade_lab::ip(&["netns", "del", name]);
+        let ns = Netns::create(name).map_err(|e| e.to_string())?;
+        ip_in(ns.name(), &["link", "set", "lo", "up"]).map_err(|e| e.to_string())?;
+        let etcd = Etcd::start_in(Some(ns.name()))?;
+        let url = "http://127.0.0.1:5473".to_string();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(control)
+            .args(["--etcd-endpoints", &etcd.url(), "--listen", "127.0.0.1:5473"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", control.display()))?;
+        Ok(SyncRig { control: child, _etcd: etcd, ns, url })
+    }
+
+    /// Runs `f` on a tokio runtime in the namespace.
+    fn in_ns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> + Send + 'static,
+    ) -> Result<T, String> {
+        let url = self.url.clone();
+        run_in(self.ns.name(), move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            rt.block_on(f(url))
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// Applies manifests (retrying while the control plane starts); returns the revision.
+    pub fn apply(&self, manifests: String) -> Result<i64, String> {
+        self.in_ns(move |url| {
+            Box::pin(async move {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let tried = async {
+                        let mut c = palisade_control::client::store(&url).await?;
+                        let req = ApplyRequest { manifests: manifests.clone(), source: "bench".into() };
+                        c.apply(req).await.map(|r| r.into_inner().revision).map_err(|e| e.message().to_string())
+                    }
+                    .await;
+                    match tried {
+                        Ok(r) => return Ok(r),
+                        Err(e) if Instant::now() > deadline => return Err(e),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            })
+        })?
+    }
+
+    /// Loads a policy of `rules` rules, starts `dataplane` following the control plane, then
+    /// times `changes` one-rule changes from `apply` to enforcement.
+    pub fn change_to_enforced(&self, dataplane: &Path, rules: usize, changes: usize) -> Result<Vec<Duration>, String> {
+        self.apply(forward::cluster(rules))?;
+        let stats = PathBuf::from(format!("/run/palisade/{}.sock", self.ns.name()));
+        let mut agent = Command::new("ip")
+            .args(["netns", "exec", self.ns.name()])
+            .arg(dataplane)
+            .args(["--control", &self.url, "--queues", "1", "--stats-socket"])
+            .arg(&stats)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", dataplane.display()))?;
+        let result = (|| {
+            let revision = || read_stats(&stats).ok().and_then(|v| v["status"]["revision"].as_u64()).unwrap_or(0);
+            let wait = |above: u64, limit: Duration| -> Result<u64, String> {
+                let deadline = Instant::now() + limit;
+                loop {
+                    let r = revision();
+                    if r > above {
+                        return Ok(r);
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("the agent did not pass revision {above} within {limit:?}"));
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            };
+            wait(0, Duration::from_secs(60))?;
+            let mut times = Vec::with_capacity(changes);
+            for i in 0..changes {
+                let before = revision();
+                let policy = format!(
+                    "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: toggle}}\nspec:\n  selector: app == 'sink'\n  order: 1\n  types: [Ingress]\n  ingress:\n    - {{action: Deny, protocol: TCP, destination: {{ports: [{}]}}}}\n",
+                    1000 + i
+                );
+                let t = Instant::now();
+                self.apply(policy)?;
+                wait(before, Duration::from_secs(30))?;
+                times.push(t.elapsed());
+            }
+            Ok(times)
+        })();
+        let _ = agent.kill();
+        let _ = agent.wait();
+        result
+    }
+
+    /// Loads `pods` pods and `policies` policies, subscribes `agents` simulated agents, then
+    /// applies one change and times its delivery to each.
+    pub fn fan_out(&self, agents: usize, pods: usize, policies: usize) -> Result<FanOut, String> {
+        self.apply(big_cluster(pods, policies))?;
+        let control_pid = self.control.id();
+        self.in_ns(move |url| {
+            Box::pin(async move {
+                let start = Instant::now();
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, i64, Instant, usize)>();
+                let mut tasks = Vec::new();
+                for a in 0..agents {
+                    let (url, tx) = (url.clone(), tx.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut client = SyncClient::connect(url).await.map_err(|e| e.to_string())?.max_decoding_message_size(1 << 30);
+                        let mut stream = client.subscribe(SubscribeRequest { node: format!("node{a}") }).await.map_err(|e| e.to_string())?.into_inner();
+                        while let Some(m) = stream.message().await.map_err(|e| e.to_string())? {
+                            let bytes = prost::Message::encoded_len(&m);
+                            if tx.send((a, m.revision, Instant::now(), bytes)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+                drop(tx);
+                // Everyone holds the snapshot.
+                let mut have = vec![0i64; agents];
+                let mut synced = 0;
+                let mut state_bytes = 0;
+                let mut initial = 0.0;
+                while synced < agents {
+                    let Some((a, rev, at, bytes)) = rx.recv().await else { return Err("subscribers ended".to_string()) };
+                    if have[a] == 0 {
+                        synced += 1;
+                        initial = (at - start).as_secs_f64() * 1e3;
+                        state_bytes = bytes;
+                    }
+                    have[a] = rev;
+                }
+                let change = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: fan-out-change}\nspec:\n  selector: all()\n  types: [Ingress]\n  ingress: [{action: Allow}]\n";
+                let mut c = palisade_control::client::store(&url).await?;
+                let t = Instant::now();
+                let revision = c.apply(ApplyRequest { manifests: change.into(), source: "bench".into() }).await.map_err(|e| e.message().to_string())?.into_inner().revision;
+                let mut latency = vec![None; agents];
+                let mut done = 0;
+                while done < agents {
+                    let Some((a, rev, at, _)) = rx.recv().await else { return Err("subscribers ended".to_string()) };
+                    if rev >= revision && latency[a].is_none() {
+                        latency[a] = Some((at - t).as_secs_f64() * 1e3);
+                        done += 1;
+                    }
+                }
+                for task in tasks {
+                    task.abort();
+                }
+                let mut l: Vec<f64> = latency.into_iter().flatten().collect();
+                l.sort_by(f64::total_cmp);
+                let pct = |p: f64| l[((l.len() as f64 - 1.0) * p).round() as usize];
+                let rss = std::fs::read_to_string(format!("/proc/{control_pid}/status"))
+                    .ok()
+                    .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+                    .unwrap_or(0.0);
+                Ok(FanOut {
+                    initial_sync_ms: initial,
+                    delta_p50_ms: pct(0.5),
+                    delta_p99_ms: pct(0.99),
+                    delta_max_ms: pct(1.0),
+                    server_rss_mib: rss / 1024.0,
+                    state_bytes,
+                })
+            })
+        })?
+    }
+}
+
+impl Drop for SyncRig {
+    fn drop(&mut self) {
+        let _ = self.control.kill();
+        let _ = self.control.wait();
+    }
+}
+
+/// A cluster of `pods` pods in 10 namespaces and `policies` namespaced policies selecting them.
+fn big_cluster(pods: usize, policies: usize) -> String {
+    let mut s = String::new();
+    for n in 0..10 {
+        s += &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{team: t{n}}}}}\n---\n");
+    }
+    for p in 0..pods {
+        let ip = format!("10.{}.{}.{}", 100 + p / 65536, (p / 256) % 256, p % 256);
+        s += &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{p}, namespace: ns{}, labels: {{app: a{}}}}}\nspec: {{nodeName: node{}, containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\nstatus: {{podIP: {ip}}}\n---\n",
+            p % 10,
+            p % 50,
+            p % 1000
+        );
+    }
+    for q in 0..policies {
+        s += &format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: pol{q}, namespace: ns{}}}\nspec:\n  selector: app == 'a{}'\n  ingress:\n    - {{action: Allow, protocol: TCP, source: {{selector: app == 'a{}'}}, destination: {{ports: [80]}}}}\n---\n",
+            q % 10,
+            q % 50,
+            (q + 1) % 50
+        );
+    }
+    s
+}
