@@ -102,12 +102,14 @@ fn apply_through_the_control_plane_enforces_on_traffic_across_restarts() {
     let blocked = || (0..3).all(|_| !probe(&a, b_ip, Protocol::Tcp, 80, denied).expect("probe"));
     assert!(reaches(), "no policy: a reaches b\n{}", dp.log());
 
-    let next = |dp: &mut Dataplane| {
-        let want = dp.revision() + 1;
-        dp.wait_for(want, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", dp.log()));
+    // Runs palisadectl and waits for the agent to enforce a newer revision (read before the
+    // change: the agent may well be faster than palisadectl's return).
+    let change = |dp: &mut Dataplane, args: &[&str]| {
+        let before = dp.revision();
+        palisadectl(args);
+        dp.wait_for(before + 1, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", dp.log()));
     };
-    palisadectl(&["apply", "-f", &deny]);
-    next(&mut dp);
+    change(&mut dp, &["apply", "-f", &deny]);
     assert!(blocked(), "after palisadectl apply, the deny is enforced");
     let got = palisadectl(&["get", "networkpolicy", "-n", "ns1"]);
     assert!(got.contains("b-deny"), "palisadectl get lists it:\n{got}");
@@ -116,22 +118,18 @@ fn apply_through_the_control_plane_enforces_on_traffic_across_restarts() {
     drop(control);
     assert!(blocked(), "control plane down: still denied");
     control = ControlPlane::start(&node, &etcd, port);
-    palisadectl(&["delete", "networkpolicy", "b-deny", "-n", "ns1"]);
-    next(&mut dp);
+    change(&mut dp, &["delete", "networkpolicy", "b-deny", "-n", "ns1"]);
     assert!(reaches(), "after the control plane's restart and the delete, allowed again\n{}", dp.log());
 
     // etcd restarts under the control plane: writes go through once it is back.
-    palisadectl(&["apply", "-f", &deny]);
-    next(&mut dp);
+    change(&mut dp, &["apply", "-f", &deny]);
     assert!(blocked(), "denied again");
     etcd.stop();
     assert!(blocked(), "etcd down: still denied");
     etcd.restart().expect("etcd restart");
-    palisadectl(&["delete", "-f", &deny]);
-    next(&mut dp);
+    change(&mut dp, &["delete", "-f", &deny]);
     assert!(reaches(), "after etcd's restart the delete reaches the agent");
-    palisadectl(&["apply", "-f", &deny]);
-    next(&mut dp);
+    change(&mut dp, &["apply", "-f", &deny]);
 
     // The agent restarts: it enforces the stored state from its first revision.
     drop(dp);
