@@ -10,6 +10,7 @@
 use crate::forward;
 use palisade_control::proto::sync_client::SyncClient;
 use palisade_control::proto::{ApplyRequest, SubscribeRequest};
+use palisade_control::tls::Security;
 use palisade_lab::dataplane::read_stats;
 use palisade_lab::etcd::Etcd;
 use palisade_lab::{ip_in, run_in, Netns};
@@ -54,7 +55,7 @@ impl SyncRig {
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name()])
             .arg(control)
-            .args(["--etcd-endpoints", &etcd.url(), "--listen", "127.0.0.1:5473"])
+            .args(["--etcd-endpoints", &etcd.url(), "--listen", "127.0.0.1:5473", "--insecure"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -82,7 +83,7 @@ impl SyncRig {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {
                     let tried = async {
-                        let mut c = palisade_control::client::store(&url).await?;
+                        let mut c = palisade_control::client::store(&url, &Security::Plaintext).await?;
                         let req = ApplyRequest { manifests: manifests.clone(), source: "bench".into() };
                         c.apply(req).await.map(|r| r.into_inner().revision).map_err(|e| e.message().to_string())
                     }
@@ -186,7 +187,7 @@ impl SyncRig {
                     have[a] = rev;
                 }
                 let change = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: fan-out-change}\nspec:\n  selector: all()\n  types: [Ingress]\n  ingress: [{action: Allow}]\n";
-                let mut c = palisade_control::client::store(&url).await?;
+                let mut c = palisade_control::client::store(&url, &Security::Plaintext).await?;
                 let t = Instant::now();
                 let revision = c.apply(ApplyRequest { manifests: change.into(), source: "bench".into() }).await.map_err(|e| e.message().to_string())?.into_inner().revision;
                 let mut latency = vec![None; agents];

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use palisade_control::store::{Datastore, DirStore, EtcdStore};
+use palisade_control::tls::Security;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,14 @@ struct Args {
     /// Key prefix in etcd.
     #[arg(long, default_value = "/palisade/v1/")]
     etcd_prefix: String,
+    /// Mutual TLS with the PEM files of this directory (ca.pem, server.pem, server-key.pem;
+    /// make one with `palisadectl certs DIR`). Agents and palisadectl need the CA's client
+    /// certificate.
+    #[arg(long, required_unless_present = "insecure")]
+    tls_dir: Option<PathBuf>,
+    /// Serve in plaintext, without TLS (tests, or a network you trust).
+    #[arg(long, conflicts_with = "tls_dir")]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,7 +48,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(palisade_control::server::run(args.listen, ds)) {
+    let security = match args.tls_dir {
+        Some(dir) => Security::Tls(dir),
+        None => Security::Plaintext,
+    };
+    match runtime.block_on(palisade_control::server::run(args.listen, ds, &security)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("palisade-control: {e}");

@@ -11,6 +11,7 @@ use crate::proto::store_server::{Store, StoreServer};
 use crate::proto::sync_server::{Sync, SyncServer};
 use crate::proto::{self, ApplyReply, ApplyRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, StateUpdate, SubscribeRequest};
 use crate::store::{Change, Datastore, Key, State};
+use crate::tls::Security;
 use palisade_policy::load::parse_documents;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -55,14 +56,19 @@ impl Control {
         Control { ds, state, encoded: Arc::default() }
     }
 
-    /// Serves both services on `listener` until the future is dropped.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
+    /// Serves both services on `listener` until the future is dropped, with mutual TLS when
+    /// `tls` is given.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Result<(), tonic::transport::Error> {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tonic::transport::Server::builder()
-            .add_service(StoreServer::new(self.clone()))
-            .add_service(SyncServer::new(self))
-            .serve_with_incoming(incoming)
-            .await
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder.add_service(StoreServer::new(self.clone())).add_service(SyncServer::new(self)).serve_with_incoming(incoming).await
     }
 
     /// Waits (up to 5 s) until the datastore has been read once.
@@ -206,8 +212,13 @@ where
 }
 
 /// Runs a control plane on `addr` with `ds` until the process ends (the binary's main loop).
-pub async fn run(addr: SocketAddr, ds: Arc<dyn Datastore>) -> Result<(), String> {
+pub async fn run(addr: SocketAddr, ds: Arc<dyn Datastore>, security: &Security) -> Result<(), String> {
+    let tls = match security {
+        Security::Tls(dir) => Some(crate::tls::server_config(dir)?),
+        Security::Plaintext => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listening on {addr}: {e}"))?;
-    eprintln!("palisade-control: serving on {}", listener.local_addr().map_err(|e| e.to_string())?);
-    Control::start(ds).serve(listener).await.map_err(|e| e.to_string())
+    let how = if tls.is_some() { "mutual TLS" } else { "plaintext" };
+    eprintln!("palisade-control: serving on {} ({how})", listener.local_addr().map_err(|e| e.to_string())?);
+    Control::start(ds).serve(listener, tls).await.map_err(|e| e.to_string())
 }

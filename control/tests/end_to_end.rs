@@ -33,7 +33,7 @@ impl ControlPlane {
     fn start(ns: &str, etcd: &Etcd, port: u16) -> ControlPlane {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_palisade-control")])
-            .args(["--etcd-endpoints", &etcd.url(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--etcd-endpoints", &etcd.url(), "--listen", &format!("127.0.0.1:{port}"), "--insecure"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -8,6 +8,7 @@ use palisade_control::client;
 use palisade_control::proto::{ApplyRequest, DeleteRequest, GetRequest};
 use palisade_control::server::Control;
 use palisade_control::store::{Datastore, DirStore, EtcdStore, State};
+use palisade_control::tls::{self, Security};
 use palisade_lab::etcd::Etcd;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Receiver;
@@ -29,7 +30,7 @@ fn serve(ds: Arc<dyn Datastore>, port: u16) -> Server {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    runtime.spawn(async move { Control::start(ds).serve(listener).await });
+    runtime.spawn(async move { Control::start(ds).serve(listener, None).await });
     Server { runtime, url }
 }
 
@@ -40,7 +41,7 @@ impl Server {
 
     fn apply(&self, manifests: &str) -> Result<i64, String> {
         self.runtime.block_on(async {
-            let mut c = client::store(&self.url).await?;
+            let mut c = client::store(&self.url, &Security::Plaintext).await?;
             let r = c.apply(ApplyRequest { manifests: manifests.into(), source: "test.yaml".into() }).await.map_err(|e| e.message().to_string())?;
             Ok(r.into_inner().revision)
         })
@@ -48,7 +49,7 @@ impl Server {
 
     fn names(&self, kind: &str) -> Vec<String> {
         self.runtime.block_on(async {
-            let mut c = client::store(&self.url).await.expect("connect");
+            let mut c = client::store(&self.url, &Security::Plaintext).await.expect("connect");
             let r = c.get(GetRequest { kind: kind.into(), ..Default::default() }).await.expect("get").into_inner();
             r.resources.into_iter().map(|r| r.name).collect()
         })
@@ -56,7 +57,7 @@ impl Server {
 
     fn delete(&self, kind: &str, name: &str) -> Result<i64, String> {
         self.runtime.block_on(async {
-            let mut c = client::store(&self.url).await?;
+            let mut c = client::store(&self.url, &Security::Plaintext).await?;
             let r = c
                 .delete(DeleteRequest { kind: kind.into(), name: name.into(), namespace: String::new() })
                 .await
@@ -84,7 +85,7 @@ fn etcd_store_validates_writes_streams_states_and_survives_restarts() {
     let ds: Arc<dyn Datastore> = Arc::new(EtcdStore::new(vec![etcd.url()], "/palisade/v1/"));
     let server = serve(ds.clone(), 0);
     let stop = Arc::new(AtomicBool::new(false));
-    let follower = client::follow(server.url.clone(), "node1".into(), stop.clone()).expect("follow");
+    let follower = client::follow(server.url.clone(), "node1".into(), Security::Plaintext, stop.clone()).expect("follow");
 
     let r1 = server.apply(&format!("{NS}---\n{POLICY}")).expect("valid manifests are stored");
     assert_eq!(server.names("GlobalNetworkPolicy"), ["deny-web"]);
@@ -131,7 +132,7 @@ fn manifests_directory_is_watched_and_read_only() {
     std::fs::write(dir.path().join("ns.yaml"), NS).expect("write");
     let server = serve(Arc::new(DirStore::new(dir.path().to_path_buf())), 0);
     let stop = Arc::new(AtomicBool::new(false));
-    let follower = client::follow(server.url.clone(), "node1".into(), stop.clone()).expect("follow");
+    let follower = client::follow(server.url.clone(), "node1".into(), Security::Plaintext, stop.clone()).expect("follow");
     let s = next_state(&follower, 1);
     assert_eq!(s.resources.len(), 1);
 
@@ -150,4 +151,29 @@ fn manifests_directory_is_watched_and_read_only() {
     let s = next_state(&follower, 3);
     assert!(s.resources.keys().any(|k| k.name == "deny-web-2"), "edits apply: {s:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn mutual_tls_admits_only_clients_the_ca_signed() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    tls::generate(certs.path(), &[]).expect("certificates");
+    let strangers = tempfile::tempdir().expect("tempdir");
+    tls::generate(strangers.path(), &[]).expect("other certificates");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ns.yaml"), NS).expect("write");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0))).expect("bind");
+    let url = format!("https://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let config = tls::server_config(certs.path()).expect("server TLS");
+    let store = Arc::new(DirStore::new(dir.path().to_path_buf()));
+    runtime.spawn(async move { Control::start(store).serve(listener, Some(config)).await });
+    let get = |security: Security, url: String| {
+        runtime.block_on(async move {
+            let mut c = client::store(&url, &security).await?;
+            c.get(GetRequest::default()).await.map(|r| r.into_inner().resources.len()).map_err(|e| e.to_string())
+        })
+    };
+    assert_eq!(get(Security::Tls(certs.path().to_path_buf()), url.clone()), Ok(1), "a client with the CA's certificate is served");
+    assert!(get(Security::Tls(strangers.path().to_path_buf()), url.clone()).is_err(), "a client of another CA is refused");
+    assert!(get(Security::Plaintext, url.replace("https", "http")).is_err(), "plaintext is refused");
 }

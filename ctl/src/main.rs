@@ -16,6 +16,11 @@ mod store_cmd;
 
 use palisade_lab::Protocol;
 
+/// TLS when a directory of PEM files is given, else plaintext.
+fn security(tls_dir: Option<PathBuf>) -> palisade_control::tls::Security {
+    tls_dir.map_or(palisade_control::tls::Security::Plaintext, palisade_control::tls::Security::Tls)
+}
+
 /// Where palisade-control listens by default.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:5473";
 
@@ -143,6 +148,10 @@ enum Command {
         /// The control plane.
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
+        /// Mutual TLS with the PEM files of this directory (ca.pem, client.pem, client-key.pem);
+        /// the server URL is then https://.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
     /// List stored resources, as kubectl get.
     Get {
@@ -159,6 +168,10 @@ enum Command {
         /// The control plane.
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
+        /// Mutual TLS with the PEM files of this directory (ca.pem, client.pem, client-key.pem);
+        /// the server URL is then https://.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
     /// Delete stored resources by kind and name, or those of manifest files.
     Delete {
@@ -175,6 +188,20 @@ enum Command {
         /// The control plane.
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
+        /// Mutual TLS with the PEM files of this directory (ca.pem, client.pem, client-key.pem);
+        /// the server URL is then https://.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
+    },
+    /// Make a directory of PEM files for mutual TLS between palisade-control and its clients: a
+    /// new CA, a server certificate (for localhost, 127.0.0.1 and each --host) and a client
+    /// certificate.
+    Certs {
+        /// Where to write ca.pem, server.pem, server-key.pem, client.pem, client-key.pem.
+        dir: PathBuf,
+        /// More names or addresses the server certificate is valid for.
+        #[arg(long)]
+        host: Vec<String>,
     },
     /// Show the counters of a running palisade-dataplane.
     Stats {
@@ -238,14 +265,18 @@ fn main() -> ExitCode {
                 timeout: std::time::Duration::from_millis(timeout_ms),
             })
         })(),
-        Command::Apply { files, server } => store_cmd::apply(&server, &files),
-        Command::Get { kind, name, namespace, output, server } => {
+        Command::Apply { files, server, tls_dir } => store_cmd::apply(&server, &security(tls_dir), &files),
+        Command::Get { kind, name, namespace, output, server, tls_dir } => {
             let kind = if kind.eq_ignore_ascii_case("all") { String::new() } else { kind };
-            store_cmd::get(&server, &kind, name.as_deref(), namespace.as_deref(), output)
+            store_cmd::get(&server, &security(tls_dir), &kind, name.as_deref(), namespace.as_deref(), output)
         }
-        Command::Delete { kind, name, namespace, files, server } => {
-            store_cmd::delete(&server, kind.as_deref(), name.as_deref(), namespace.as_deref(), &files)
+        Command::Delete { kind, name, namespace, files, server, tls_dir } => {
+            store_cmd::delete(&server, &security(tls_dir), kind.as_deref(), name.as_deref(), namespace.as_deref(), &files)
         }
+        Command::Certs { dir, host } => palisade_control::tls::generate(&dir, &host).map(|()| {
+            println!("wrote ca.pem, server.pem, server-key.pem, client.pem, client-key.pem to {}", dir.display());
+            ExitCode::SUCCESS
+        }),
         Command::Stats { socket, output } => lab_cmd::stats(&socket, matches!(output, Output::Json)),
     };
     match result {

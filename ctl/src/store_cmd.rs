@@ -2,6 +2,7 @@
 //! `palisade-control`.
 
 use palisade_control::proto::{ApplyRequest, DeleteRequest, GetRequest, Resource};
+use palisade_control::tls::Security;
 use palisade_policy::load::{manifest_files, parse_documents};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,10 +29,10 @@ fn status(e: tonic::Status) -> String {
 }
 
 /// Applies every manifest file of `paths` (each file one change, refused whole if invalid).
-pub fn apply(server: &str, paths: &[PathBuf]) -> Result<ExitCode, String> {
+pub fn apply(server: &str, security: &Security, paths: &[PathBuf]) -> Result<ExitCode, String> {
     let files = manifest_files(paths).map_err(|es| es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
     runtime()?.block_on(async {
-        let mut client = palisade_control::client::store(server).await?;
+        let mut client = palisade_control::client::store(server, security).await?;
         for file in files {
             let manifests = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let source = file.display().to_string();
@@ -45,9 +46,16 @@ pub fn apply(server: &str, paths: &[PathBuf]) -> Result<ExitCode, String> {
 }
 
 /// Prints the stored resources of `kind` (all kinds if empty), optionally one by name.
-pub fn get(server: &str, kind: &str, name: Option<&str>, namespace: Option<&str>, output: GetOutput) -> Result<ExitCode, String> {
+pub fn get(
+    server: &str,
+    security: &Security,
+    kind: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    output: GetOutput,
+) -> Result<ExitCode, String> {
     let reply = runtime()?.block_on(async {
-        let mut client = palisade_control::client::store(server).await?;
+        let mut client = palisade_control::client::store(server, security).await?;
         let req =
             GetRequest { kind: kind.to_string(), name: name.unwrap_or_default().to_string(), namespace: namespace.unwrap_or_default().to_string() };
         client.get(req).await.map(|r| r.into_inner()).map_err(status)
@@ -95,7 +103,14 @@ fn details(doc: &serde_json::Value) -> String {
 }
 
 /// Deletes `kind`/`name`, or every resource of the manifest files in `files`.
-pub fn delete(server: &str, kind: Option<&str>, name: Option<&str>, namespace: Option<&str>, files: &[PathBuf]) -> Result<ExitCode, String> {
+pub fn delete(
+    server: &str,
+    security: &Security,
+    kind: Option<&str>,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    files: &[PathBuf],
+) -> Result<ExitCode, String> {
     let mut targets: Vec<DeleteRequest> = Vec::new();
     if let (Some(k), Some(n)) = (kind, name) {
         targets.push(DeleteRequest { kind: k.to_string(), name: n.to_string(), namespace: namespace.unwrap_or_default().to_string() });
@@ -112,7 +127,7 @@ pub fn delete(server: &str, kind: Option<&str>, name: Option<&str>, namespace: O
         return Err("delete needs KIND NAME or -f FILE".into());
     }
     runtime()?.block_on(async {
-        let mut client = palisade_control::client::store(server).await?;
+        let mut client = palisade_control::client::store(server, security).await?;
         for t in targets {
             let reply = client.delete(t).await.map_err(status)?.into_inner();
             for r in reply.deleted {

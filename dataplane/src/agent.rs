@@ -62,8 +62,8 @@ const UNTRACKED_IDLE: Duration = Duration::from_secs(60);
 pub enum Source {
     /// Manifest files and directories, watched for changes.
     Files(Vec<PathBuf>),
-    /// A `palisade-control` at this URL, followed over gRPC.
-    Control(String),
+    /// A `palisade-control` at this URL, followed over gRPC (with mutual TLS when given).
+    Control(String, palisade_control::tls::Security),
 }
 
 /// The state as it arrives from a [`Source`].
@@ -85,9 +85,9 @@ impl Feed {
                 let cluster = palisade_policy::load_cluster(paths).map_err(|e| messages(&e))?;
                 Ok((Feed::Files(paths.clone(), stamp), cluster))
             }
-            Source::Control(url) => {
-                let rx =
-                    palisade_control::client::follow(url.clone(), node.unwrap_or_default().to_string(), stop.clone()).map_err(|e| e.to_string())?;
+            Source::Control(url, security) => {
+                let rx = palisade_control::client::follow(url.clone(), node.unwrap_or_default().to_string(), security.clone(), stop.clone())
+                    .map_err(|e| e.to_string())?;
                 loop {
                     match rx.recv_timeout(Duration::from_millis(200)) {
                         Ok(state) => match state.cluster() {

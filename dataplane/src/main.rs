@@ -1,6 +1,7 @@
 //! `palisade-dataplane`: the node agent and its packet workers.
 
 use clap::Parser;
+use palisade_control::tls::Security;
 use palisade_dataplane::agent::{self, parse_mac, Config, Source};
 use palisade_dataplane::datapath::EndpointToHost;
 use palisade_dataplane::worker::Wait;
@@ -24,6 +25,10 @@ struct Args {
     /// instead of files; the agent keeps enforcing the last state while it is unreachable.
     #[arg(long)]
     control: Option<String>,
+    /// Mutual TLS with the control plane, with the PEM files of this directory (ca.pem,
+    /// client.pem, client-key.pem; `palisadectl certs` makes them); the URL is then https://.
+    #[arg(long, requires = "control")]
+    control_tls_dir: Option<PathBuf>,
     /// A host interface to protect with its HostEndpoint (repeat for more). Interfaces without a
     /// HostEndpoint are not policed.
     #[arg(long = "interface")]
@@ -104,7 +109,7 @@ fn main() -> ExitCode {
     }
     let config = Config {
         source: match args.control {
-            Some(url) => Source::Control(url),
+            Some(url) => Source::Control(url, args.control_tls_dir.map_or(Security::Plaintext, Security::Tls)),
             None => Source::Files(args.state),
         },
         queues: args.queues,
