@@ -160,7 +160,7 @@ impl Windows {
     }
 
     fn dataplane(&self) -> PathBuf {
-        self.dataplane.clone().unwrap_or_else(|| sibling("palisade-dataplane"))
+        self.dataplane.clone().unwrap_or_else(|| palisade_lab::built_binary("palisade-dataplane"))
     }
 }
 
@@ -186,7 +186,7 @@ fn main() {
             return;
         }
         Command::Sync { rules, changes, agents, pods, policies, bin_dir } => {
-            let dir = bin_dir.unwrap_or_else(|| sibling("palisade-control").parent().map(PathBuf::from).unwrap_or_default());
+            let dir = bin_dir.unwrap_or_else(|| palisade_lab::built_binary("palisade-control").parent().map(PathBuf::from).unwrap_or_default());
             sync_bench(&dir, rules, changes, agents, pods, policies).unwrap_or_else(|e| fail(&e));
             return;
         }
@@ -245,11 +245,6 @@ fn main() {
     if let Some(path) = plot {
         plot::draw(&path, &results).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
     }
-}
-
-/// A program installed next to this one.
-fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).unwrap_or_else(|| PathBuf::from(name))
 }
 
 struct ForwardRun {

@@ -6,10 +6,9 @@ use palisade_bench::forward::{ForwardPath, Rig, Traffic};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// `palisade-dataplane` as built for this test run (next to the test's `deps` directory).
+/// `palisade-dataplane` as built for this test run.
 fn dataplane() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent().and_then(|deps| deps.parent()).expect("target directory").join("palisade-dataplane")
+    palisade_lab::built_binary("palisade-dataplane")
 }
 
 #[test]

@@ -20,8 +20,7 @@ const DENY_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmet
 
 /// A binary built next to this test (cargo's target directory).
 fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target directory").join(name);
+    let bin = palisade_lab::built_binary(name);
     assert!(bin.exists(), "{} is not built: run the whole suite (cargo test --workspace)", bin.display());
     bin
 }

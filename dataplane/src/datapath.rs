@@ -228,12 +228,14 @@ impl Datapath {
             Role::Uplink { .. } if snap.by_ip.contains_key(&pkt.src) => return Verdict::Drop(Drop::Spoofed),
             Role::Uplink { .. } => None,
         };
-        if let (Some(e), Some(_)) = (src, &self.host) {
+        let dst = snap.by_ip.get(&pkt.dst).copied();
+        // Only a destination that is no local endpoint can be the host itself (pod-to-pod
+        // packets skip the lookup).
+        if let (Some(e), None, Some(_)) = (src, dst, &self.host) {
             if snap.host.local.contains(&pkt.dst) {
                 return self.pod_to_host(snap, e, ifindex, &pkt, now, stats);
             }
         }
-        let dst = snap.by_ip.get(&pkt.dst).copied();
         let (out_if, dst_mac) = match (dst, snap.uplink) {
             (Some(e), _) => (snap.endpoints[e].interface, snap.endpoints[e].mac),
             (None, Some(u)) if src.is_some() => match snap.interfaces[u].role {

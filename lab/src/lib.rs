@@ -30,6 +30,15 @@ pub use netns::{exec_in, ip, ip_in, run_in, sysctl_in, Netns};
 pub use probe::{probe, Listeners, Protocol};
 pub use topology::{Lab, LabSpec, PodSpec, EXT_MAC, NODE_TABLE};
 
+/// A binary of this workspace built next to the running executable: in cargo's target
+/// directory beside a binary, or one level up from a test's `deps` directory.
+pub fn built_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dirs = exe.ancestors().skip(1).take(2);
+    let candidates: Vec<std::path::PathBuf> = dirs.map(|d| d.join(name)).collect();
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates.first().cloned().unwrap_or_else(|| name.into()))
+}
+
 /// A name unique to this process and call, `<tag><pid mod 10000, 4 digits><counter>`: with a tag of up to
 /// 3 characters it is short enough for a [`LabSpec::name`] while parallel tests run.
 pub fn unique_name(tag: &str) -> String {
