@@ -18,7 +18,7 @@ fn classbench_lookups(c: &mut Criterion) {
         let filters = classbench::generate(Shape::Fw, n, 1);
         let rules: Vec<TreeRule<u32>> = filters.iter().enumerate().map(|(i, f)| f.to_rule(i as u32)).collect();
         let trace = classbench::trace_in_rules(&filters, 4096, 2);
-        let tree = TreeClassifier::build(rules.clone());
+        let tree = TreeClassifier::build(rules.clone(), &[]);
         let tss = TupleSpace::build(&filters);
         let linear = LinearClassifier::build(rules);
         g.throughput(Throughput::Elements(trace.len() as u64));

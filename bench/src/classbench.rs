@@ -56,6 +56,7 @@ impl Filter {
                 vec![(self.sport.0 as u32, self.sport.1 as u32)],
                 vec![(self.dport.0 as u32, self.dport.1 as u32)],
             ],
+            checked: false,
         }
     }
 

@@ -449,7 +449,7 @@ fn time_ns(reps: usize, n: usize, mut f: impl FnMut()) -> f64 {
 fn classbench_scenario(name: &str, filters: &[Filter], p: &Params) -> Vec<Value> {
     let rules: Vec<TreeRule<u32>> = filters.iter().enumerate().map(|(i, f)| f.to_rule(i as u32 * 1024)).collect();
     let t = Instant::now();
-    let tree = TreeClassifier::build(rules.clone());
+    let tree = TreeClassifier::build(rules.clone(), &[]);
     let tree_build = t.elapsed();
     let t = Instant::now();
     let tss = tss::TupleSpace::build(filters);

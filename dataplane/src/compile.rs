@@ -342,12 +342,13 @@ impl Compiler {
                         staged_group: staged.then_some(group),
                     });
                     let c = Checks { src: self.side_checks(cluster, &rule.src), dst: self.side_checks(cluster, &rule.dst) };
-                    checks.push((!(c.src.is_empty() && c.dst.is_empty())).then(|| Box::new(c)));
+                    let checked = !(c.src.is_empty() && c.dst.is_empty());
+                    checks.push(checked.then(|| Box::new(c)));
                     if let Some(fields) = rule_fields::<u32>(rule, 4) {
-                        if terminal { &mut v4.0 } else { &mut v4.1 }.push(TreeRule { priority: e, fields });
+                        if terminal { &mut v4.0 } else { &mut v4.1 }.push(TreeRule { priority: e, fields, checked });
                     }
                     if let Some(fields) = rule_fields::<u128>(rule, 6) {
-                        if terminal { &mut v6.0 } else { &mut v6.1 }.push(TreeRule { priority: e, fields });
+                        if terminal { &mut v6.0 } else { &mut v6.1 }.push(TreeRule { priority: e, fields, checked });
                     }
                 }
             }
@@ -355,8 +356,8 @@ impl Compiler {
                 let e = entries.len() as u32;
                 entries.push(Entry { kind: EntryKind::TierEnd { tier: tier.clone() }, segment_end: 0, staged_group: None });
                 checks.push(None);
-                v4.0.push(TreeRule { priority: e, fields: full_fields() });
-                v6.0.push(TreeRule { priority: e, fields: full_fields() });
+                v4.0.push(TreeRule { priority: e, fields: full_fields(), checked: false });
+                v6.0.push(TreeRule { priority: e, fields: full_fields(), checked: false });
             }
             let end = entries.len() as u32;
             for en in &mut entries[start..] {
@@ -366,13 +367,15 @@ impl Compiler {
         let e = entries.len() as u32;
         entries.push(Entry { kind: chain.end.clone(), segment_end: e + 1, staged_group: None });
         checks.push(None);
-        v4.0.push(TreeRule { priority: e, fields: full_fields() });
-        v6.0.push(TreeRule { priority: e, fields: full_fields() });
+        v4.0.push(TreeRule { priority: e, fields: full_fields(), checked: false });
+        v6.0.push(TreeRule { priority: e, fields: full_fields(), checked: false });
+        // A Pass continues the lookup at the end of its tier.
+        let restarts: Vec<u32> = entries.iter().map(|en| en.segment_end).collect();
         Program {
             entries,
             checks,
-            v4: VersionClassifier { terminal: TreeClassifier::build(v4.0), side: v4.1 },
-            v6: VersionClassifier { terminal: TreeClassifier::build(v6.0), side: v6.1 },
+            v4: VersionClassifier { terminal: TreeClassifier::build(v4.0, &restarts), side: v4.1 },
+            v6: VersionClassifier { terminal: TreeClassifier::build(v6.0, &restarts), side: v6.1 },
         }
     }
 }

@@ -12,6 +12,15 @@
 //! fields. A lookup visits the trees in order of their best priority and stops early when no
 //! remaining tree can hold a better match.
 //!
+//! Rules hidden behind others are pruned while building (the "redundancy removal" of HyperCuts
+//! and CutSplit): in a node whose region a rule covers in every field, no later rule of the same
+//! lookup segment can match first, so they are dropped from that subtree. This is what keeps wide
+//! low-priority rules (the default rule, `any`-address firewall rules) from being copied into
+//! every leaf. Two facts make pruning safe and the caller states them: rules marked `checked`
+//! (IP-set or named-port checks, which `accept` may refuse) never hide others, and a lookup only
+//! starts at 0 or at one of the `restarts` given to [`TreeClassifier::build`] (the ends of tiers,
+//! where a Pass continues), so a rule hides only rules before the next restart point.
+//!
 //! Updates do not rebuild: a classifier is an immutable base (the trees) plus a small overlay of
 //! added rules and removed priorities, both behind `Arc`s. Changing one rule copies only the
 //! overlay, so it costs microseconds and the old classifier stays valid for readers still using
@@ -40,6 +49,8 @@ pub trait Key: Copy + Ord + std::fmt::Debug + Send + Sync + 'static {
     fn width_bits(lo: Self, hi: Self) -> u32;
     /// Bits in an address.
     const BITS: u32;
+    /// A protocol or port value.
+    fn small(v: u16) -> Self;
 }
 
 impl Key for u32 {
@@ -54,6 +65,9 @@ impl Key for u32 {
     }
     fn width_bits(lo: Self, hi: Self) -> u32 {
         32 - (hi - lo).leading_zeros()
+    }
+    fn small(v: u16) -> Self {
+        v.into()
     }
 }
 
@@ -70,6 +84,9 @@ impl Key for u128 {
     fn width_bits(lo: Self, hi: Self) -> u32 {
         128 - (hi - lo).leading_zeros()
     }
+    fn small(v: u16) -> Self {
+        v.into()
+    }
 }
 
 /// A set of values of one field: sorted, disjoint, inclusive intervals. Empty means "nothing".
@@ -82,6 +99,14 @@ pub struct TreeRule<K> {
     pub priority: u32,
     /// Allowed values per field.
     pub fields: [Intervals<K>; FIELDS],
+    /// The lookup's `accept` may refuse this rule (it has checks the tree cannot see), so it
+    /// never hides the rules after it.
+    pub checked: bool,
+}
+
+/// The values a key can take per field: addresses, protocol, source and destination port.
+fn domain<K: Key>() -> [(K, K); FIELDS] {
+    [(K::MIN, K::MAX), (K::MIN, K::MAX), (K::small(0), K::small(255)), (K::small(0), K::small(u16::MAX)), (K::small(0), K::small(u16::MAX))]
 }
 
 impl<K: Key> TreeRule<K> {
@@ -94,6 +119,11 @@ impl<K: Key> TreeRule<K> {
     fn hull(&self, f: usize) -> (K, K) {
         let iv = &self.fields[f];
         (iv[0].0, iv[iv.len() - 1].1)
+    }
+
+    /// Whether the rule matches every key in `region`.
+    fn covers(&self, region: &[(K, K); FIELDS]) -> bool {
+        self.fields.iter().zip(region).all(|(iv, &(lo, hi))| iv.iter().any(|&(a, b)| a <= lo && hi <= b))
     }
 }
 
@@ -119,48 +149,46 @@ enum Node {
     Leaf { start: u32, len: u32 },
 }
 
-/// A rule's per-field hulls, stored densely (one per rule, shared by every leaf that holds the
-/// rule) so that leaf scans stay in cache; rules with several intervals in a field are checked in
-/// full after the hulls.
+/// A rule as the leaves store it: its per-field hulls, densely (one per rule, shared by every leaf
+/// that holds the rule) so that leaf scans stay in cache. Most rules are one interval per field
+/// and are wholly described by their hulls; the others keep their full interval sets in
+/// `Base::multi`, checked after the hulls.
 #[derive(Clone, Copy, Debug)]
 struct LeafEntry<K> {
     lo: [K; FIELDS],
     hi: [K; FIELDS],
     priority: u32,
-    /// Index into the base rules; the top bit is set when the hulls are the whole rule.
+    /// Flags ([`MULTI`], [`CHECKED`], [`HIDES`]) and, with `MULTI`, the index into `Base::multi`.
     rule: u32,
 }
 
-const EXACT: u32 = 1 << 31;
+/// The rule has several intervals in some field; the low bits index `Base::multi`.
+const MULTI: u32 = 1 << 31;
+/// The rule is `checked`.
+const CHECKED: u32 = 1 << 30;
+/// Building pruned rules hidden behind this one somewhere: removing it needs a full scan.
+const HIDES: u32 = 1 << 29;
+const INDEX: u32 = HIDES - 1;
 
 impl<K: Key> LeafEntry<K> {
-    fn new(rules: &[TreeRule<K>], i: u32) -> Self {
-        let r = &rules[i as usize];
-        let mut lo = [K::MIN; FIELDS];
-        let mut hi = [K::MIN; FIELDS];
-        for f in 0..FIELDS {
-            (lo[f], hi[f]) = r.hull(f);
-        }
-        let exact = r.fields.iter().all(|iv| iv.len() == 1);
-        LeafEntry { lo, hi, priority: r.priority, rule: i | if exact { EXACT } else { 0 } }
-    }
-
     #[inline(always)]
-    fn matches(&self, rules: &[TreeRule<K>], key: &[K; FIELDS]) -> bool {
+    fn matches(&self, multi: &[TreeRule<K>], key: &[K; FIELDS]) -> bool {
         (0..FIELDS).all(|f| self.lo[f] <= key[f] && key[f] <= self.hi[f])
-            && (self.rule & EXACT != 0 || rules[(self.rule & !EXACT) as usize].matches(key))
+            && (self.rule & MULTI == 0 || multi[(self.rule & INDEX) as usize].matches(key))
     }
 }
 
 /// One tree over one partition of the rules.
 #[derive(Clone, Debug)]
 struct Tree<K> {
-    nodes: Vec<Node>,
+    root: Node,
     /// Cut points of all nodes; a node's `n` points are followed by one unused slot so that
     /// `children` can share the indexing.
     points: Vec<K>,
-    children: Vec<u32>,
-    /// Indices into the base's rules (and hulls).
+    /// The children of all cut nodes, stored in place (a lookup step reads the cut points and
+    /// the chosen child, nothing else).
+    children: Vec<Node>,
+    /// Indices into the base's entries.
     leaf_rules: Vec<u32>,
     /// Best (lowest) priority of any rule in the tree.
     best: u32,
@@ -179,10 +207,13 @@ pub const OVERLAY_LIMIT: usize = 64;
 /// The immutable part: rules and trees.
 #[derive(Debug)]
 struct Base<K> {
-    rules: Vec<TreeRule<K>>,
-    /// `hulls[i]` belongs to `rules[i]`.
-    hulls: Vec<LeafEntry<K>>,
+    /// Every rule, by priority.
+    entries: Vec<LeafEntry<K>>,
+    /// The full interval sets of rules with several intervals in a field.
+    multi: Vec<TreeRule<K>>,
     trees: Vec<Tree<K>>,
+    /// Where lookups may start besides 0, sorted.
+    restarts: Vec<u32>,
 }
 
 /// Changes since the base was built.
@@ -201,12 +232,21 @@ pub struct TreeClassifier<K> {
     overlay: Arc<Overlay<K>>,
 }
 
+/// What the trees found: the best match, or that a removed rule hid rules only a scan can check.
+enum Found {
+    Match(Option<u32>),
+    Hidden,
+}
+
 impl<K: Key> TreeClassifier<K> {
     /// Builds the classifier. Rules need not be sorted; a rule with an empty field never matches
-    /// and is dropped.
-    pub fn build(mut rules: Vec<TreeRule<K>>) -> Self {
+    /// and is dropped. [`lookup`](Self::lookup) may then start at 0 or at any of `restarts`.
+    pub fn build(mut rules: Vec<TreeRule<K>>, restarts: &[u32]) -> Self {
         rules.retain(|r| r.fields.iter().all(|f| !f.is_empty()));
         rules.sort_by_key(|r| r.priority);
+        let mut restarts = restarts.to_vec();
+        restarts.sort_unstable();
+        restarts.dedup();
         // Partition by which address fields are small (CutSplit).
         let small_bits = K::BITS - (32 - SMALL_BITS_V4);
         let mut parts: [Vec<u32>; 4] = Default::default();
@@ -223,27 +263,59 @@ impl<K: Key> TreeClassifier<K> {
             };
             parts[p].push(i as u32);
         }
+        let mut builder = Builder { rules: &rules, restarts: &restarts, hides: vec![false; rules.len()] };
         let mut trees: Vec<Tree<K>> = parts
             .into_iter()
             .filter(|p| !p.is_empty())
             .map(|p| {
                 let best = rules[p[0] as usize].priority;
-                let mut t = Tree { nodes: Vec::new(), points: Vec::new(), children: Vec::new(), leaf_rules: Vec::new(), best };
-                let region = [(K::MIN, K::MAX); FIELDS];
+                let mut t = Tree { root: Node::Leaf { start: 0, len: 0 }, points: Vec::new(), children: Vec::new(), leaf_rules: Vec::new(), best };
                 let mut budget = LEAF_BUDGET * p.len() + 4 * LEAF_SIZE;
-                build_node(&rules, &mut t, p, region, 0, &mut budget);
+                t.root = builder.node(&mut t, p, domain(), 0, &mut budget);
                 t
             })
             .collect();
         trees.sort_by_key(|t| t.best);
-        let hulls = (0..rules.len() as u32).map(|i| LeafEntry::new(&rules, i)).collect();
-        TreeClassifier { base: Arc::new(Base { rules, hulls, trees }), overlay: Arc::new(Overlay { added: Vec::new(), removed: Vec::new() }) }
+        let hides = builder.hides;
+        let mut multi = Vec::new();
+        let entries = rules
+            .into_iter()
+            .zip(hides)
+            .map(|(r, hides)| {
+                let mut lo = [K::MIN; FIELDS];
+                let mut hi = [K::MIN; FIELDS];
+                for f in 0..FIELDS {
+                    (lo[f], hi[f]) = r.hull(f);
+                }
+                let mut flags = if r.checked { CHECKED } else { 0 } | if hides { HIDES } else { 0 };
+                if r.fields.iter().any(|iv| iv.len() > 1) {
+                    flags |= MULTI | multi.len() as u32;
+                    multi.push(TreeRule { priority: r.priority, fields: r.fields, checked: r.checked });
+                }
+                LeafEntry { lo, hi, priority: r.priority, rule: flags }
+            })
+            .collect();
+        TreeClassifier {
+            base: Arc::new(Base { entries, multi, trees, restarts }),
+            overlay: Arc::new(Overlay { added: Vec::new(), removed: Vec::new() }),
+        }
     }
 
     /// All rules in force, by priority.
     pub fn rules(&self) -> Vec<TreeRule<K>> {
-        let mut out: Vec<TreeRule<K>> =
-            self.base.rules.iter().filter(|r| self.overlay.removed.binary_search(&r.priority).is_err()).cloned().collect();
+        let base = &self.base;
+        let mut out: Vec<TreeRule<K>> = base
+            .entries
+            .iter()
+            .filter(|e| self.overlay.removed.binary_search(&e.priority).is_err())
+            .map(|e| {
+                if e.rule & MULTI != 0 {
+                    base.multi[(e.rule & INDEX) as usize].clone()
+                } else {
+                    TreeRule { priority: e.priority, fields: std::array::from_fn(|f| vec![(e.lo[f], e.hi[f])]), checked: e.rule & CHECKED != 0 }
+                }
+            })
+            .collect();
         out.extend(self.overlay.added.iter().map(|r| (**r).clone()));
         out.sort_by_key(|r| r.priority);
         out
@@ -266,7 +338,7 @@ impl<K: Key> TreeClassifier<K> {
     fn without(&self, priority: u32) -> Self {
         let mut ov = Overlay { added: self.overlay.added.clone(), removed: self.overlay.removed.clone() };
         ov.added.retain(|r| r.priority != priority);
-        if self.base.rules.binary_search_by_key(&priority, |r| r.priority).is_ok() {
+        if self.base.entries.binary_search_by_key(&priority, |e| e.priority).is_ok() {
             if let Err(at) = ov.removed.binary_search(&priority) {
                 ov.removed.insert(at, priority);
             }
@@ -277,21 +349,21 @@ impl<K: Key> TreeClassifier<K> {
     /// Rebuilds once the overlay is too large to scan cheaply.
     fn settle(self) -> Self {
         if self.overlay.added.len() + self.overlay.removed.len() > OVERLAY_LIMIT {
-            TreeClassifier::build(self.rules())
+            TreeClassifier::build(self.rules(), &self.base.restarts)
         } else {
             self
         }
     }
 
     /// The priority of the first rule with priority `>= from` that matches `key` and that
-    /// `accept` (given the priority) accepts.
+    /// `accept` (given the priority) accepts. `from` is 0 or one of the build's `restarts`;
+    /// `accept` refuses only `checked` rules.
     #[inline]
     pub fn lookup(&self, key: &[K; FIELDS], from: u32, mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
         let removed = &self.overlay.removed;
-        let mut best = if removed.is_empty() {
-            self.base.lookup(key, from, &mut accept)
-        } else {
-            self.base.lookup(key, from, |p| removed.binary_search(&p).is_err() && accept(p))
+        let mut best = match self.base.lookup(key, from, removed, &mut accept) {
+            Found::Match(best) => best,
+            Found::Hidden => self.base.scan(key, from, removed, &mut accept),
         };
         for r in &self.overlay.added {
             if best.is_some_and(|b| b <= r.priority) {
@@ -317,15 +389,15 @@ impl<K: Key> TreeClassifier<K> {
             return;
         }
         out.fill(None);
-        let mut cursor = vec![0u32; keys.len()];
+        let mut cursor = vec![Node::Leaf { start: 0, len: 0 }; keys.len()];
         for t in &self.base.trees {
-            cursor.fill(0);
+            cursor.fill(t.root);
             let mut moving = true;
             while moving {
                 moving = false;
                 for (c, k) in cursor.iter_mut().zip(keys) {
-                    if let Node::Cut { field, start, n } = t.nodes[*c as usize] {
-                        *c = t.child(k[field as usize], start, n) as u32;
+                    if let Node::Cut { field, start, n } = *c {
+                        *c = t.child(k[field as usize], start, n);
                         moving = true;
                     }
                 }
@@ -334,13 +406,13 @@ impl<K: Key> TreeClassifier<K> {
                 if out[i].is_some_and(|p| p <= t.best) {
                     continue;
                 }
-                let Node::Leaf { start, len } = t.nodes[c as usize] else { unreachable!("cursor stops at leaves") };
+                let Node::Leaf { start, len } = c else { unreachable!("cursor stops at leaves") };
                 for &ri in &t.leaf_rules[start as usize..(start + len) as usize] {
-                    let e = &self.base.hulls[ri as usize];
+                    let e = &self.base.entries[ri as usize];
                     if out[i].is_some_and(|p| p <= e.priority) {
                         break;
                     }
-                    if e.priority >= from && e.matches(&self.base.rules, &keys[i]) && accept(i, e.priority) {
+                    if e.priority >= from && e.matches(&self.base.multi, &keys[i]) && accept(i, e.priority) {
                         out[i] = Some(e.priority);
                         break;
                     }
@@ -353,14 +425,10 @@ impl<K: Key> TreeClassifier<K> {
     pub fn memory_bytes(&self) -> usize {
         let rule_bytes =
             |r: &TreeRule<K>| std::mem::size_of::<TreeRule<K>>() + r.fields.iter().map(|f| f.len() * std::mem::size_of::<(K, K)>()).sum::<usize>();
-        let hulls = self.base.hulls.len() * std::mem::size_of::<LeafEntry<K>>();
-        let rules: usize = hulls + self.base.rules.iter().chain(self.overlay.added.iter().map(|r| &**r)).map(rule_bytes).sum::<usize>();
-        let trees: usize = self
-            .base
-            .trees
-            .iter()
-            .map(|t| t.nodes.len() * std::mem::size_of::<Node>() + t.points.len() * (std::mem::size_of::<K>() + 4) + t.leaf_rules.len() * 4)
-            .sum();
+        let entries = self.base.entries.len() * std::mem::size_of::<LeafEntry<K>>();
+        let rules: usize = entries + self.base.multi.iter().chain(self.overlay.added.iter().map(|r| &**r)).map(rule_bytes).sum::<usize>();
+        let trees: usize =
+            self.base.trees.iter().map(|t| t.points.len() * (std::mem::size_of::<K>() + std::mem::size_of::<Node>()) + t.leaf_rules.len() * 4).sum();
         rules + trees
     }
 }
@@ -368,31 +436,40 @@ impl<K: Key> TreeClassifier<K> {
 impl<K: Key> Tree<K> {
     /// The child of a cut node that takes value `v`.
     #[inline(always)]
-    fn child(&self, v: K, start: u32, n: u8) -> usize {
+    fn child(&self, v: K, start: u32, n: u8) -> Node {
         let pts = &self.points[start as usize..start as usize + n as usize];
-        self.children[start as usize + pts.partition_point(|&p| p < v)] as usize
+        self.children[start as usize + pts.partition_point(|&p| p < v)]
     }
 }
 
 impl<K: Key> Base<K> {
     #[inline]
-    fn lookup(&self, key: &[K; FIELDS], from: u32, mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
+    fn lookup(&self, key: &[K; FIELDS], from: u32, removed: &[u32], mut accept: impl FnMut(u32) -> bool) -> Found {
         let mut best: Option<u32> = None;
         for t in &self.trees {
             if best.is_some_and(|p| p <= t.best) {
                 break;
             }
-            let mut n = 0usize;
+            let mut n = t.root;
             loop {
-                match t.nodes[n] {
+                match n {
                     Node::Cut { field, start, n: cuts } => n = t.child(key[field as usize], start, cuts),
                     Node::Leaf { start, len } => {
                         for &ri in &t.leaf_rules[start as usize..(start + len) as usize] {
-                            let e = &self.hulls[ri as usize];
+                            let e = &self.entries[ri as usize];
                             if best.is_some_and(|p| p <= e.priority) {
                                 break;
                             }
-                            if e.priority >= from && e.matches(&self.rules, key) && accept(e.priority) {
+                            if e.priority < from || !e.matches(&self.multi, key) {
+                                continue;
+                            }
+                            if !removed.is_empty() && removed.binary_search(&e.priority).is_ok() {
+                                if e.rule & HIDES != 0 {
+                                    return Found::Hidden;
+                                }
+                                continue;
+                            }
+                            if accept(e.priority) {
                                 best = Some(e.priority);
                                 break;
                             }
@@ -402,45 +479,89 @@ impl<K: Key> Base<K> {
                 }
             }
         }
-        best
+        Found::Match(best)
+    }
+
+    /// The first match by scanning every rule: the answer when a removed rule hid others from the
+    /// trees, until the next rebuild.
+    #[cold]
+    fn scan(&self, key: &[K; FIELDS], from: u32, removed: &[u32], mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
+        let start = self.entries.partition_point(|e| e.priority < from);
+        self.entries[start..]
+            .iter()
+            .find(|e| e.matches(&self.multi, key) && removed.binary_search(&e.priority).is_err() && accept(e.priority))
+            .map(|e| e.priority)
     }
 }
 
 /// Leaf entries a tree may hold per rule: bounds replication, which otherwise compounds with depth
 /// (rules whose addresses are checked through IP sets span whole address ranges and are copied by
 /// every port or protocol cut). Once spent, nodes become leaves.
-const LEAF_BUDGET: usize = 4;
+const LEAF_BUDGET: usize = 16;
 
-/// Builds the subtree for `cands` (rule indices in priority order) within `region`; returns its
-/// node index. `budget` is the number of leaf entries the rest of the tree may still use.
-fn build_node<K: Key>(rules: &[TreeRule<K>], t: &mut Tree<K>, cands: Vec<u32>, region: [(K, K); FIELDS], depth: usize, budget: &mut usize) -> u32 {
-    let me = t.nodes.len() as u32;
-    t.nodes.push(Node::Leaf { start: 0, len: 0 });
-    let splittable = cands.len() > LEAF_SIZE && depth < MAX_DEPTH && *budget >= 2 * cands.len();
-    let cut = if splittable { choose_cut(rules, &cands, &region) } else { None };
-    match cut {
-        None => {
-            let start = t.leaf_rules.len() as u32;
-            *budget = budget.saturating_sub(cands.len());
-            t.leaf_rules.extend_from_slice(&cands);
-            t.nodes[me as usize] = Node::Leaf { start, len: cands.len() as u32 };
+/// The state of one build: the rules (by priority) and what pruning found.
+struct Builder<'a, K> {
+    rules: &'a [TreeRule<K>],
+    restarts: &'a [u32],
+    /// `hides[i]`: rules were pruned behind rule `i`.
+    hides: Vec<bool>,
+}
+
+impl<K: Key> Builder<'_, K> {
+    /// The candidates (rule indices in priority order) that can still match first somewhere in
+    /// `region`: a rule that covers the region and is not `checked` hides the later rules up to
+    /// the next restart point.
+    fn visible(&mut self, cands: Vec<u32>, region: &[(K, K); FIELDS]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(cands.len());
+        // (hiding rule, priority where its segment ends)
+        let mut hiding: Option<(u32, u64)> = None;
+        for c in cands {
+            let r = &self.rules[c as usize];
+            if let Some((by, end)) = hiding {
+                if u64::from(r.priority) < end {
+                    self.hides[by as usize] = true;
+                    continue;
+                }
+                hiding = None;
+            }
+            out.push(c);
+            if !r.checked && r.covers(region) {
+                let next = self.restarts.partition_point(|&x| x <= r.priority);
+                hiding = Some((c, self.restarts.get(next).map_or(u64::MAX, |&x| u64::from(x))));
+            }
         }
-        Some((field, points)) => {
-            let start = t.points.len() as u32;
-            t.points.extend_from_slice(&points);
-            t.points.push(K::MIN);
-            t.children.resize(t.points.len(), 0);
-            t.nodes[me as usize] = Node::Cut { field: field as u8, start, n: points.len() as u8 };
-            for (i, (lo, hi)) in slices(&points, region[field]).into_iter().enumerate() {
-                let sub: Vec<u32> = cands.iter().copied().filter(|&c| overlaps(&rules[c as usize].fields[field], lo, hi)).collect();
-                let mut reg = region;
-                reg[field] = (lo, hi);
-                let child = build_node(rules, t, sub, reg, depth + 1, budget);
-                t.children[start as usize + i] = child;
+        out
+    }
+
+    /// Builds the subtree for `cands` (rule indices in priority order) within `region`; returns
+    /// its root. `budget` is the number of leaf entries the rest of the tree may still use.
+    fn node(&mut self, t: &mut Tree<K>, cands: Vec<u32>, region: [(K, K); FIELDS], depth: usize, budget: &mut usize) -> Node {
+        let cands = self.visible(cands, &region);
+        let splittable = cands.len() > LEAF_SIZE && depth < MAX_DEPTH && *budget >= 2 * cands.len();
+        let cut = if splittable { choose_cut(self.rules, &cands, &region) } else { None };
+        match cut {
+            None => {
+                let start = t.leaf_rules.len() as u32;
+                *budget = budget.saturating_sub(cands.len());
+                t.leaf_rules.extend_from_slice(&cands);
+                Node::Leaf { start, len: cands.len() as u32 }
+            }
+            Some((field, points)) => {
+                let start = t.points.len() as u32;
+                t.points.extend_from_slice(&points);
+                t.points.push(K::MIN);
+                t.children.resize(t.points.len(), Node::Leaf { start: 0, len: 0 });
+                for (i, (lo, hi)) in slices(&points, region[field]).into_iter().enumerate() {
+                    let sub: Vec<u32> = cands.iter().copied().filter(|&c| overlaps(&self.rules[c as usize].fields[field], lo, hi)).collect();
+                    let mut reg = region;
+                    reg[field] = (lo, hi);
+                    let child = self.node(t, sub, reg, depth + 1, budget);
+                    t.children[start as usize + i] = child;
+                }
+                Node::Cut { field: field as u8, start, n: points.len() as u8 }
             }
         }
     }
-    me
 }
 
 /// Whether an interval set meets `[lo, hi]`.
@@ -538,13 +659,12 @@ impl<K: Key> TreeClassifier<K> {
             .trees
             .iter()
             .map(|t| {
-                let mut shape = TreeShape { rules: 0, nodes: t.nodes.len(), leaf_entries: t.leaf_rules.len(), max_leaf: 0, depth: 0 };
-                let mut stack = vec![(0usize, 0usize)];
+                let mut shape = TreeShape { rules: 0, nodes: 0, leaf_entries: t.leaf_rules.len(), max_leaf: 0, depth: 0 };
+                let mut stack = vec![(t.root, 0usize)];
                 while let Some((n, d)) = stack.pop() {
-                    match t.nodes[n] {
-                        Node::Cut { start, n: cuts, .. } => {
-                            stack.extend((0..=cuts as usize).map(|i| (t.children[start as usize + i] as usize, d + 1)))
-                        }
+                    shape.nodes += 1;
+                    match n {
+                        Node::Cut { start, n: cuts, .. } => stack.extend((0..=cuts as usize).map(|i| (t.children[start as usize + i], d + 1))),
                         Node::Leaf { len, .. } => {
                             shape.max_leaf = shape.max_leaf.max(len as usize);
                             shape.depth = shape.depth.max(d);
