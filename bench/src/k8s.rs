@@ -22,11 +22,20 @@ pub struct Generated {
     pub flows: Vec<Flow>,
 }
 
+/// Pods per node (Kubernetes' default limit is 110).
+pub const PODS_PER_NODE: usize = 100;
+
+/// The name of the `i`th node.
+pub fn node_name(i: usize) -> String {
+    format!("node{i}")
+}
+
 fn pod_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(0x0af4_0000u32 + i as u32 + 2)
 }
 
-/// Generates a cluster with `policies` policies (about one pod per two policies) and `n_flows` flows.
+/// Generates a cluster with `policies` policies (about one pod per two policies, [`PODS_PER_NODE`]
+/// pods per node) and `n_flows` flows.
 pub fn generate(policies: usize, n_flows: usize, seed: u64) -> Generated {
     let mut rng = StdRng::seed_from_u64(seed);
     let n_ns = (policies / 25).clamp(4, 200);
@@ -47,7 +56,7 @@ pub fn generate(policies: usize, n_flows: usize, seed: u64) -> Generated {
         let port = [80, 8080, 5432, 6379][rng.gen_range(0..4)];
         docs.push(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("pod{p}"), "namespace": ns, "labels": {"app": app, "role": role}},
-            "spec": {"serviceAccountName": format!("sa-{role}"), "containers": [{"name": "c", "ports": [{"name": "serve", "containerPort": port}, {"name": "metrics", "containerPort": 9090}]}]},
+            "spec": {"nodeName": node_name(p / PODS_PER_NODE), "serviceAccountName": format!("sa-{role}"), "containers": [{"name": "c", "ports": [{"name": "serve", "containerPort": port}, {"name": "metrics", "containerPort": 9090}]}]},
             "status": {"podIP": pod_ip(p).to_string()}}));
         pods.push((ns, app, port));
     }
