@@ -544,12 +544,15 @@ fn k8s_scenario(policies: usize, p: &Params) -> Value {
     // Per flow: the source's egress program and the destination's ingress program, where that
     // endpoint is on the node.
     let programs_ref = &programs;
+    let by_ip: std::collections::HashMap<std::net::IpAddr, &palisade_policy::model::Endpoint> =
+        c.endpoints.iter().flat_map(|e| e.ips.iter().map(move |n| (n.addr(), e))).collect();
+    let by_ip = &by_ip;
     let lookups: Vec<_> = g
         .flows
         .iter()
         .flat_map(|f| {
-            let e = c.endpoint_for_ip(f.src).map(|ep| (ep, Direction::Egress));
-            let i = c.endpoint_for_ip(f.dst).map(|ep| (ep, Direction::Ingress));
+            let e = by_ip.get(&f.src).map(|&ep| (ep, Direction::Egress));
+            let i = by_ip.get(&f.dst).map(|&ep| (ep, Direction::Ingress));
             e.into_iter().chain(i).filter_map(move |(ep, d)| programs_ref.get(&(ep.name.clone(), d)).map(|prog| (&**prog, ep, d, f)))
         })
         .collect();

@@ -94,7 +94,8 @@ impl Checks {
 #[derive(Debug)]
 struct VersionClassifier<K> {
     terminal: TreeClassifier<K>,
-    side: Vec<TreeRule<K>>,
+    /// Log and staged rules (all that match count).
+    side: TreeClassifier<K>,
 }
 
 /// The result of classifying a flow for one endpoint and direction.
@@ -165,12 +166,8 @@ impl Program {
         let mut matched = passes;
         if !vc.side.is_empty() {
             let mut stopped_groups: Vec<u32> = Vec::new();
-            for r in &vc.side {
-                let e = r.priority;
-                if e >= decided {
-                    break;
-                }
-                if skipped.iter().any(|&(a, b)| a <= e && e < b) || !r.matches(key) || !self.accept(e, flow) {
+            for e in vc.side.all_matches(key, decided, |e| self.accept(e, flow)) {
+                if skipped.iter().any(|&(a, b)| a <= e && e < b) {
                     continue;
                 }
                 let entry = &self.entries[e as usize];
@@ -231,7 +228,11 @@ impl Program {
 
     /// Approximate heap memory in bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.v4.terminal.memory_bytes() + self.v6.terminal.memory_bytes() + self.entries.len() * std::mem::size_of::<Entry>()
+        self.v4.terminal.memory_bytes()
+            + self.v4.side.memory_bytes()
+            + self.v6.terminal.memory_bytes()
+            + self.v6.side.memory_bytes()
+            + self.entries.len() * std::mem::size_of::<Entry>()
     }
 }
 
@@ -241,6 +242,33 @@ pub struct Compiler {
     ip_sets: HashMap<String, Arc<IpSet>>,
     named_sets: HashMap<(String, String), Arc<NamedPortSet>>,
     programs: HashMap<Vec<String>, Arc<Program>>,
+    /// The last compiled cluster's endpoints by namespace.
+    namespaces: EndpointsByNamespace,
+}
+
+/// Endpoints (indices into the cluster's) by namespace: the only ones a namespaced selector can
+/// match, so computing its members skips the rest of the cluster.
+#[derive(Default)]
+struct EndpointsByNamespace(HashMap<String, Vec<usize>>);
+
+impl EndpointsByNamespace {
+    fn new(cluster: &Cluster) -> Self {
+        let mut map: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in cluster.endpoints.iter().enumerate() {
+            if let Some(ns) = e.labels.get(LABEL_NAMESPACE) {
+                map.entry(ns.clone()).or_default().push(i);
+            }
+        }
+        EndpointsByNamespace(map)
+    }
+
+    /// The endpoints that can match `sel` (all when `None`).
+    fn candidates<'c>(&self, cluster: &'c Cluster, sel: Option<&Selector>) -> Vec<&'c Endpoint> {
+        match sel.and_then(|s| s.required_value(LABEL_NAMESPACE)) {
+            Some(ns) => self.0.get(ns).map(|v| v.iter().map(|&i| &cluster.endpoints[i]).collect()).unwrap_or_default(),
+            None => cluster.endpoints.iter().collect(),
+        }
+    }
 }
 
 /// The programs of every endpoint, by endpoint name and direction.
@@ -255,18 +283,20 @@ impl Compiler {
     /// Compiles every endpoint of `cluster` (optionally only those on `node`). Programs whose
     /// chain is unchanged since the last call are reused; sets are updated in place.
     pub fn compile(&mut self, cluster: &Cluster, node: Option<&str>) -> Programs {
+        self.namespaces = EndpointsByNamespace::new(cluster);
         for (sel, set) in &self.ip_sets {
-            set.set(selector_members(cluster, &Selector::parse(sel).expect("canonical selector")));
+            set.set(selector_members(cluster, &self.namespaces, &Selector::parse(sel).expect("canonical selector")));
         }
         for ((sel, name), set) in &self.named_sets {
             let s = (!sel.is_empty()).then(|| Selector::parse(sel).expect("canonical selector"));
-            set.set(named_port_members(cluster, s.as_ref(), name));
+            set.set(named_port_members(cluster, &self.namespaces, s.as_ref(), name));
         }
         let mut out = HashMap::new();
         let mut used: HashMap<Vec<String>, Arc<Program>> = HashMap::new();
+        let index = PolicyIndex::new(cluster);
         for ep in cluster.endpoints.iter().filter(|e| node.is_none_or(|n| e.node.as_deref() == Some(n))) {
             for dir in [Direction::Ingress, Direction::Egress] {
-                let chain = Chain::of(cluster, ep, dir);
+                let chain = Chain::of(&index, ep, dir);
                 let sig = chain.signature();
                 let prog = match self.programs.get(&sig) {
                     Some(p) => p.clone(),
@@ -301,12 +331,14 @@ impl Compiler {
     }
 
     fn ip_set(&mut self, cluster: &Cluster, sel: &Selector) -> Arc<IpSet> {
-        self.ip_sets.entry(sel.to_string()).or_insert_with(|| Arc::new(IpSet::new(selector_members(cluster, sel)))).clone()
+        let namespaces = &self.namespaces;
+        self.ip_sets.entry(sel.to_string()).or_insert_with(|| Arc::new(IpSet::new(selector_members(cluster, namespaces, sel)))).clone()
     }
 
     fn named_set(&mut self, cluster: &Cluster, sel: Option<&Selector>, name: &str) -> Arc<NamedPortSet> {
         let key = (sel.map(|s| s.to_string()).unwrap_or_default(), name.to_string());
-        self.named_sets.entry(key).or_insert_with(|| Arc::new(NamedPortSet::new(named_port_members(cluster, sel, name)))).clone()
+        let namespaces = &self.namespaces;
+        self.named_sets.entry(key).or_insert_with(|| Arc::new(NamedPortSet::new(named_port_members(cluster, namespaces, sel, name)))).clone()
     }
 
     fn side_checks(&mut self, cluster: &Cluster, m: &EntityMatch) -> SideChecks {
@@ -374,8 +406,8 @@ impl Compiler {
         Program {
             entries,
             checks,
-            v4: VersionClassifier { terminal: TreeClassifier::build(v4.0, &restarts), side: v4.1 },
-            v6: VersionClassifier { terminal: TreeClassifier::build(v6.0, &restarts), side: v6.1 },
+            v4: VersionClassifier { terminal: TreeClassifier::build(v4.0, &restarts), side: TreeClassifier::build_unpruned(v4.1) },
+            v6: VersionClassifier { terminal: TreeClassifier::build(v6.0, &restarts), side: TreeClassifier::build_unpruned(v6.1) },
         }
     }
 }
@@ -398,10 +430,10 @@ struct Chain<'a> {
 }
 
 impl<'a> Chain<'a> {
-    fn of(cluster: &'a Cluster, ep: &Endpoint, dir: Direction) -> Chain<'a> {
+    fn of(index: &PolicyIndex<'a>, ep: &Endpoint, dir: Direction) -> Chain<'a> {
         let mut segments = Vec::new();
         for stage in [Stage::Untracked, Stage::PreDnat, Stage::Normal] {
-            for view in cluster.tiers_for(ep, dir, stage) {
+            for view in index.tiers_for(ep, dir, stage) {
                 let tier = view.tier.name.clone();
                 let parts = view.policies.iter().map(|p| (p.name.clone(), Some(tier.clone()), p.rules(dir), p.is_staged())).collect();
                 let default_deny =
@@ -410,7 +442,7 @@ impl<'a> Chain<'a> {
             }
         }
         let mut chain = Chain { segments, dir, end: EntryKind::NoProfileMatch };
-        chain.push_profiles(cluster, ep, dir);
+        chain.push_profiles(index.cluster(), ep, dir);
         chain
     }
 
@@ -580,10 +612,10 @@ fn rule_fields<K: VersionKey>(r: &Rule, v: u8) -> Option<[Intervals<K>; FIELDS]>
 }
 
 /// Members of a selector's IP set: addresses of matching endpoints and CIDRs of matching network sets.
-fn selector_members(cluster: &Cluster, sel: &Selector) -> IpSetMembers {
-    let nets = cluster
-        .endpoints
-        .iter()
+fn selector_members(cluster: &Cluster, namespaces: &EndpointsByNamespace, sel: &Selector) -> IpSetMembers {
+    let nets = namespaces
+        .candidates(cluster, Some(sel))
+        .into_iter()
         .filter(|e| sel.matches(&e.labels))
         .flat_map(|e| e.ips.iter())
         .chain(cluster.network_sets.iter().filter(|n| sel.matches(&n.labels)).flat_map(|n| n.nets.iter()));
@@ -591,9 +623,9 @@ fn selector_members(cluster: &Cluster, sel: &Selector) -> IpSetMembers {
 }
 
 /// Members of a named-port set: `(ip, protocol, port)` of endpoints matching `sel` (all when `None`).
-fn named_port_members(cluster: &Cluster, sel: Option<&Selector>, name: &str) -> NamedPortMembers {
+fn named_port_members(cluster: &Cluster, namespaces: &EndpointsByNamespace, sel: Option<&Selector>, name: &str) -> NamedPortMembers {
     let mut out = NamedPortMembers::new();
-    for e in cluster.endpoints.iter().filter(|e| sel.is_none_or(|s| s.matches(&e.labels))) {
+    for e in namespaces.candidates(cluster, sel).into_iter().filter(|e| sel.is_none_or(|s| s.matches(&e.labels))) {
         for p in e.ports.iter().filter(|p| p.name == name) {
             for n in &e.ips {
                 out.insert((n.addr(), p.protocol, p.port));

@@ -9,7 +9,7 @@
 use crate::selector::Selector;
 use ipnet::IpNet;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -432,6 +432,56 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// The cluster's policies by the namespace their selector requires (Kubernetes and Calico
+/// namespaced policies), so that an endpoint's policies are found by testing only the global
+/// policies' selectors and those of its own namespace.
+pub struct PolicyIndex<'c> {
+    cluster: &'c Cluster,
+    /// Positions in `cluster.policies` of policies that require no namespace.
+    global: Vec<usize>,
+    /// Positions of the others, by the namespace they require.
+    by_namespace: HashMap<&'c str, Vec<usize>>,
+}
+
+impl<'c> PolicyIndex<'c> {
+    /// Indexes the cluster's policies.
+    pub fn new(cluster: &'c Cluster) -> Self {
+        let mut global = Vec::new();
+        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, p) in cluster.policies.iter().enumerate() {
+            match p.selector.required_value(LABEL_NAMESPACE) {
+                Some(ns) => by_namespace.entry(ns).or_default().push(i),
+                None => global.push(i),
+            }
+        }
+        PolicyIndex { cluster, global, by_namespace }
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> &'c Cluster {
+        self.cluster
+    }
+
+    /// The same as [`Cluster::tiers_for`].
+    pub fn tiers_for(&self, ep: &Endpoint, dir: Direction, stage: Stage) -> Vec<TierView<'c>> {
+        let local: &[usize] = ep.labels.get(LABEL_NAMESPACE).and_then(|ns| self.by_namespace.get(ns.as_str())).map_or(&[], Vec::as_slice);
+        // Merge the two ascending position lists, keeping cluster order.
+        let (mut g, mut l) = (self.global.iter().peekable(), local.iter().peekable());
+        let merged = std::iter::from_fn(move || match (g.peek(), l.peek()) {
+            (Some(&&a), Some(&&b)) => {
+                if a < b {
+                    g.next()
+                } else {
+                    l.next()
+                }
+            }
+            (Some(_), None) => g.next(),
+            (None, _) => l.next(),
+        });
+        self.cluster.views(ep, dir, stage, merged.map(|&i| &self.cluster.policies[i]))
+    }
+}
+
 /// Which policies a stage of evaluation considers (Calico evaluates host-endpoint traffic in up to
 /// three passes: untracked, pre-DNAT, then normal policy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -551,6 +601,14 @@ impl Cluster {
     /// each with its applicable policies in order. Policies with `doNotTrack` or `preDNAT` only
     /// ever apply to host endpoints, as in Felix.
     pub fn tiers_for(&self, ep: &Endpoint, dir: Direction, stage: Stage) -> Vec<TierView<'_>> {
+        let ns = ep.labels.get(LABEL_NAMESPACE).map(String::as_str);
+        // Namespaced policies' selectors require the endpoint's namespace: checking that first
+        // skips most selectors.
+        self.views(ep, dir, stage, self.policies.iter().filter(|p| p.selector.required_value(LABEL_NAMESPACE).is_none_or(|v| ns == Some(v))))
+    }
+
+    /// The tier views of the `candidates` (policies in cluster order) that apply.
+    fn views<'a>(&'a self, ep: &Endpoint, dir: Direction, stage: Stage, candidates: impl Iterator<Item = &'a Policy>) -> Vec<TierView<'a>> {
         if stage != Stage::Normal && ep.kind != EndpointKind::Host {
             return Vec::new();
         }
@@ -558,14 +616,15 @@ impl Cluster {
             return Vec::new();
         }
         let mut out: Vec<TierView<'_>> = Vec::new();
-        for tier in &self.tiers {
-            let policies: Vec<&Policy> = self
-                .policies
-                .iter()
-                .filter(|p| p.tier == tier.name && p.applies(dir) && stage.includes(p) && p.selector.matches(&ep.labels))
-                .collect();
-            if !policies.is_empty() {
-                out.push(TierView { tier, policies });
+        // Policies are grouped by tier, in tier order.
+        for p in candidates.filter(|p| p.applies(dir) && stage.includes(p) && p.selector.matches(&ep.labels)) {
+            match out.last_mut() {
+                Some(view) if view.tier.name == p.tier => view.policies.push(p),
+                _ => {
+                    if let Some(tier) = self.tiers.iter().find(|t| t.name == p.tier) {
+                        out.push(TierView { tier, policies: vec![p] });
+                    }
+                }
             }
         }
         out

@@ -446,6 +446,16 @@ impl Selector {
         Ok(sel)
     }
 
+    /// The value `key` must have for this selector to match, when the selector requires one
+    /// (`key == "v"`, alone or in a top-level `&&`): lets callers skip labels that cannot match.
+    pub fn required_value(&self, key: &str) -> Option<&str> {
+        match self {
+            Selector::Eq(k, v) if k == key => Some(v),
+            Selector::And(parts) => parts.iter().find_map(|p| p.required_value(key)),
+            _ => None,
+        }
+    }
+
     /// Whether the labels satisfy this selector.
     pub fn matches<L: Labels + ?Sized>(&self, labels: &L) -> bool {
         match self {

@@ -212,8 +212,8 @@ struct Base<K> {
     /// The full interval sets of rules with several intervals in a field.
     multi: Vec<TreeRule<K>>,
     trees: Vec<Tree<K>>,
-    /// Where lookups may start besides 0, sorted.
-    restarts: Vec<u32>,
+    /// Where lookups may start besides 0, sorted; `None`: anywhere (nothing was pruned).
+    restarts: Option<Vec<u32>>,
 }
 
 /// Changes since the base was built.
@@ -241,12 +241,22 @@ enum Found {
 impl<K: Key> TreeClassifier<K> {
     /// Builds the classifier. Rules need not be sorted; a rule with an empty field never matches
     /// and is dropped. [`lookup`](Self::lookup) may then start at 0 or at any of `restarts`.
-    pub fn build(mut rules: Vec<TreeRule<K>>, restarts: &[u32]) -> Self {
-        rules.retain(|r| r.fields.iter().all(|f| !f.is_empty()));
-        rules.sort_by_key(|r| r.priority);
+    pub fn build(rules: Vec<TreeRule<K>>, restarts: &[u32]) -> Self {
         let mut restarts = restarts.to_vec();
         restarts.sort_unstable();
         restarts.dedup();
+        Self::build_with(rules, Some(restarts))
+    }
+
+    /// Builds a classifier that prunes nothing, for [`all_matches`](Self::all_matches) (and
+    /// lookups starting anywhere).
+    pub fn build_unpruned(rules: Vec<TreeRule<K>>) -> Self {
+        Self::build_with(rules, None)
+    }
+
+    fn build_with(mut rules: Vec<TreeRule<K>>, restarts: Option<Vec<u32>>) -> Self {
+        rules.retain(|r| r.fields.iter().all(|f| !f.is_empty()));
+        rules.sort_by_key(|r| r.priority);
         // Partition by which address fields are small (CutSplit).
         let small_bits = K::BITS - (32 - SMALL_BITS_V4);
         let mut parts: [Vec<u32>; 4] = Default::default();
@@ -263,7 +273,7 @@ impl<K: Key> TreeClassifier<K> {
             };
             parts[p].push(i as u32);
         }
-        let mut builder = Builder { rules: &rules, restarts: &restarts, hides: vec![false; rules.len()] };
+        let mut builder = Builder { rules: &rules, restarts: restarts.as_deref(), hides: vec![false; rules.len()] };
         let mut trees: Vec<Tree<K>> = parts
             .into_iter()
             .filter(|p| !p.is_empty())
@@ -321,6 +331,11 @@ impl<K: Key> TreeClassifier<K> {
         out
     }
 
+    /// Whether no rule is in force.
+    pub fn is_empty(&self) -> bool {
+        self.overlay.added.is_empty() && self.base.entries.len() == self.overlay.removed.len()
+    }
+
     /// A classifier with `rule` added, replacing any rule of the same priority.
     pub fn insert(&self, rule: TreeRule<K>) -> Self {
         let next = self.without(rule.priority);
@@ -349,7 +364,7 @@ impl<K: Key> TreeClassifier<K> {
     /// Rebuilds once the overlay is too large to scan cheaply.
     fn settle(self) -> Self {
         if self.overlay.added.len() + self.overlay.removed.len() > OVERLAY_LIMIT {
-            TreeClassifier::build(self.rules(), &self.base.restarts)
+            TreeClassifier::build_with(self.rules(), self.base.restarts.clone())
         } else {
             self
         }
@@ -375,6 +390,33 @@ impl<K: Key> TreeClassifier<K> {
             }
         }
         best
+    }
+
+    /// Every rule in force with priority below `below` that matches `key` and that `accept`
+    /// accepts, by priority. Only for classifiers from [`build_unpruned`](Self::build_unpruned).
+    pub fn all_matches(&self, key: &[K; FIELDS], below: u32, mut accept: impl FnMut(u32) -> bool) -> Vec<u32> {
+        debug_assert!(self.base.restarts.is_none(), "a pruned classifier cannot list every match");
+        let removed = &self.overlay.removed;
+        let mut out = Vec::new();
+        for t in self.base.trees.iter().take_while(|t| t.best < below) {
+            let mut n = t.root;
+            while let Node::Cut { field, start, n: cuts } = n {
+                n = t.child(key[field as usize], start, cuts);
+            }
+            let Node::Leaf { start, len } = n else { unreachable!("the walk stops at a leaf") };
+            for &ri in &t.leaf_rules[start as usize..(start + len) as usize] {
+                let e = &self.base.entries[ri as usize];
+                if e.priority >= below {
+                    break;
+                }
+                if e.matches(&self.base.multi, key) && removed.binary_search(&e.priority).is_err() && accept(e.priority) {
+                    out.push(e.priority);
+                }
+            }
+        }
+        out.extend(self.overlay.added.iter().filter(|r| r.priority < below && r.matches(key) && accept(r.priority)).map(|r| r.priority));
+        out.sort_unstable();
+        out
     }
 
     /// Looks up a batch of keys at once, like [`lookup`](Self::lookup) for each (with `accept`
@@ -502,7 +544,8 @@ const LEAF_BUDGET: usize = 16;
 /// The state of one build: the rules (by priority) and what pruning found.
 struct Builder<'a, K> {
     rules: &'a [TreeRule<K>],
-    restarts: &'a [u32],
+    /// `None`: prune nothing.
+    restarts: Option<&'a [u32]>,
     /// `hides[i]`: rules were pruned behind rule `i`.
     hides: Vec<bool>,
 }
@@ -512,6 +555,7 @@ impl<K: Key> Builder<'_, K> {
     /// `region`: a rule that covers the region and is not `checked` hides the later rules up to
     /// the next restart point.
     fn visible(&mut self, cands: Vec<u32>, region: &[(K, K); FIELDS]) -> Vec<u32> {
+        let Some(restarts) = self.restarts else { return cands };
         let mut out = Vec::with_capacity(cands.len());
         // (hiding rule, priority where its segment ends)
         let mut hiding: Option<(u32, u64)> = None;
@@ -526,8 +570,8 @@ impl<K: Key> Builder<'_, K> {
             }
             out.push(c);
             if !r.checked && r.covers(region) {
-                let next = self.restarts.partition_point(|&x| x <= r.priority);
-                hiding = Some((c, self.restarts.get(next).map_or(u64::MAX, |&x| u64::from(x))));
+                let next = restarts.partition_point(|&x| x <= r.priority);
+                hiding = Some((c, restarts.get(next).map_or(u64::MAX, |&x| u64::from(x))));
             }
         }
         out
