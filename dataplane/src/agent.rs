@@ -254,9 +254,8 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         }
         match next {
             Some(Ok(c)) => {
-                // Rules of any policy may have changed: recompile everything (the compiler
-                // still shares identical chains and reuses IP sets).
-                agent.compiler = Compiler::new();
+                // Only programs using a changed policy or profile are compiled again.
+                agent.compiler.forget_changed(&cluster, &c);
                 cluster = c;
             }
             Some(Err(msg)) => {

@@ -325,9 +325,22 @@ impl Compiler {
         p
     }
 
+    /// Prepares for compiling `new` after `old`: forgets the programs that use a policy or profile
+    /// that is new or differs, so the next [`compile`](Self::compile) rebuilds only those and
+    /// reuses the rest.
+    pub fn forget_changed(&mut self, old: &Cluster, new: &Cluster) {
+        let before: HashMap<&str, &Policy> = old.policies.iter().map(|p| (p.name.as_str(), p)).collect();
+        let mut changed: Vec<String> = new.policies.iter().filter(|p| before.get(p.name.as_str()) != Some(p)).map(|p| p.name.clone()).collect();
+        changed.extend(new.profiles.iter().filter(|(name, p)| old.profiles.get(*name) != Some(*p)).map(|(name, _)| name.clone()));
+        if !changed.is_empty() {
+            self.invalidate(&changed);
+        }
+    }
+
     /// Forgets compiled programs that use any of these policies or profiles (whose rules changed).
     pub fn invalidate(&mut self, names: &[String]) {
-        self.programs.retain(|sig, _| !sig.iter().any(|s| names.iter().any(|n| s.ends_with(&format!("|{n}")))));
+        let suffixes: Vec<String> = names.iter().map(|n| format!("|{n}")).collect();
+        self.programs.retain(|sig, _| !sig.iter().any(|s| suffixes.iter().any(|n| s.ends_with(n.as_str()))));
     }
 
     fn ip_set(&mut self, cluster: &Cluster, sel: &Selector) -> Arc<IpSet> {

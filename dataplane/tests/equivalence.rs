@@ -329,6 +329,33 @@ proptest! {
         }
     }
 
+    /// The agent's path: a compiler that compiled one cluster, told what changed, compiles the
+    /// next one (reusing the programs of unchanged policies) and still equals the evaluator.
+    #[test]
+    fn recompiled_classifier_equals_reference_evaluator(before in cluster_docs(), after in cluster_docs(), flows in prop::collection::vec(flow(), 16)) {
+        let build = |docs: &[Value]| {
+            let loaded: Vec<Loaded> = docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
+            palisade_policy::convert::build_cluster(&loaded).expect("valid cluster")
+        };
+        let (old, cluster) = (build(&before), build(&after));
+        let mut compiler = Compiler::new();
+        compiler.compile(&old, None);
+        compiler.forget_changed(&old, &cluster);
+        let programs = compiler.compile(&cluster, None);
+        let ev = Evaluator::new(&cluster);
+        for ep in &cluster.endpoints {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let prog = &programs[&(ep.name.clone(), dir)];
+                for f in &flows {
+                    let want = ev.direction(ep, dir, f, false);
+                    let got = prog.classify(f);
+                    prop_assert_eq!(prog.decision(&got), want.decided_by, "decision for {:?} {} {:?}", ep.name, dir, f);
+                    prop_assert_eq!(prog.matched(&got), want.matched, "trail for {:?} {} {:?}", ep.name, dir, f);
+                }
+            }
+        }
+    }
+
     #[test]
     fn compiled_host_chains_equal_reference_evaluator(docs in cluster_docs(), flows in prop::collection::vec(flow(), 24)) {
         let loaded: Vec<Loaded> = docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
