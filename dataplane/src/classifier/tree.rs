@@ -120,11 +120,6 @@ impl<K: Key> TreeRule<K> {
         let iv = &self.fields[f];
         (iv[0].0, iv[iv.len() - 1].1)
     }
-
-    /// Whether the rule matches every key in `region`.
-    fn covers(&self, region: &[(K, K); FIELDS]) -> bool {
-        self.fields.iter().zip(region).all(|(iv, &(lo, hi))| iv.iter().any(|&(a, b)| a <= lo && hi <= b))
-    }
 }
 
 /// Whether `k` is in the interval set.
@@ -273,7 +268,13 @@ impl<K: Key> TreeClassifier<K> {
             };
             parts[p].push(i as u32);
         }
-        let mut builder = Builder { rules: &rules, restarts: restarts.as_deref(), hides: vec![false; rules.len()] };
+        let mut builder = Builder {
+            rules: &rules,
+            hulls: rules.iter().map(|r| std::array::from_fn(|f| r.hull(f))).collect(),
+            single: rules.iter().map(|r| r.fields.iter().all(|iv| iv.len() == 1)).collect(),
+            restarts: restarts.as_deref(),
+            hides: vec![false; rules.len()],
+        };
         let mut trees: Vec<Tree<K>> = parts
             .into_iter()
             .filter(|p| !p.is_empty())
@@ -544,6 +545,10 @@ const LEAF_BUDGET: usize = 16;
 /// The state of one build: the rules (by priority) and what pruning found.
 struct Builder<'a, K> {
     rules: &'a [TreeRule<K>],
+    /// Per rule, its hull in every field, densely (the build reads these far more than anything).
+    hulls: Vec<[(K, K); FIELDS]>,
+    /// Per rule, whether it is one interval in every field (its hulls are the whole rule).
+    single: Vec<bool>,
     /// `None`: prune nothing.
     restarts: Option<&'a [u32]>,
     /// `hides[i]`: rules were pruned behind rule `i`.
@@ -551,6 +556,22 @@ struct Builder<'a, K> {
 }
 
 impl<K: Key> Builder<'_, K> {
+    /// Rule `c`'s intervals in field `f`.
+    #[inline]
+    fn intervals(&self, c: u32, f: usize) -> &[(K, K)] {
+        let c = c as usize;
+        if self.single[c] {
+            std::slice::from_ref(&self.hulls[c][f])
+        } else {
+            &self.rules[c].fields[f]
+        }
+    }
+
+    /// Whether rule `c` matches every key in `region`.
+    fn covers(&self, c: u32, region: &[(K, K); FIELDS]) -> bool {
+        region.iter().enumerate().all(|(f, &(lo, hi))| self.intervals(c, f).iter().any(|&(a, b)| a <= lo && hi <= b))
+    }
+
     /// The candidates (rule indices in priority order) that can still match first somewhere in
     /// `region`: a rule that covers the region and is not `checked` hides the later rules up to
     /// the next restart point.
@@ -569,7 +590,7 @@ impl<K: Key> Builder<'_, K> {
                 hiding = None;
             }
             out.push(c);
-            if !r.checked && r.covers(region) {
+            if !r.checked && self.covers(c, region) {
                 let next = restarts.partition_point(|&x| x <= r.priority);
                 hiding = Some((c, restarts.get(next).map_or(u64::MAX, |&x| u64::from(x))));
             }
@@ -582,7 +603,7 @@ impl<K: Key> Builder<'_, K> {
     fn node(&mut self, t: &mut Tree<K>, cands: Vec<u32>, region: [(K, K); FIELDS], depth: usize, budget: &mut usize) -> Node {
         let cands = self.visible(cands, &region);
         let splittable = cands.len() > LEAF_SIZE && depth < MAX_DEPTH && *budget >= 2 * cands.len();
-        let cut = if splittable { choose_cut(self.rules, &cands, &region) } else { None };
+        let cut = if splittable { self.choose_cut(&cands, &region) } else { None };
         match cut {
             None => {
                 let start = t.leaf_rules.len() as u32;
@@ -595,8 +616,23 @@ impl<K: Key> Builder<'_, K> {
                 t.points.extend_from_slice(&points);
                 t.points.push(K::MIN);
                 t.children.resize(t.points.len(), Node::Leaf { start: 0, len: 0 });
-                for (i, (lo, hi)) in slices(&points, region[field]).into_iter().enumerate() {
-                    let sub: Vec<u32> = cands.iter().copied().filter(|&c| overlaps(&self.rules[c as usize].fields[field], lo, hi)).collect();
+                let ranges = slices(&points, region[field]);
+                // Deal the candidates (in priority order) to the children their intervals meet.
+                let mut subs: Vec<Vec<u32>> = vec![Vec::new(); ranges.len()];
+                for &c in &cands {
+                    for &(lo, hi) in self.intervals(c, field) {
+                        let (lo, hi) = (lo.max(region[field].0), hi.min(region[field].1));
+                        if lo > hi {
+                            continue;
+                        }
+                        for sub in &mut subs[slice_of(&points, lo)..=slice_of(&points, hi)] {
+                            if sub.last() != Some(&c) {
+                                sub.push(c);
+                            }
+                        }
+                    }
+                }
+                for (i, ((lo, hi), sub)) in ranges.into_iter().zip(subs).enumerate() {
                     let mut reg = region;
                     reg[field] = (lo, hi);
                     let child = self.node(t, sub, reg, depth + 1, budget);
@@ -606,11 +642,71 @@ impl<K: Key> Builder<'_, K> {
             }
         }
     }
-}
 
-/// Whether an interval set meets `[lo, hi]`.
-fn overlaps<K: Key>(iv: &[(K, K)], lo: K, hi: K) -> bool {
-    iv.iter().any(|&(a, b)| a <= hi && b >= lo)
+    /// Picks the field and cut points (up to [`MAX_FANOUT`] children) that leave the fullest child
+    /// smallest, within the replication bound (counting each rule's hull); `None` when no cut makes
+    /// progress.
+    fn choose_cut(&self, cands: &[u32], region: &[(K, K); FIELDS]) -> Option<(usize, Vec<K>)> {
+        let n = cands.len();
+        let mut best: Option<(usize, usize, usize, Vec<K>)> = None; // (fullest child, total, field, points)
+        let mut ends: Vec<K> = Vec::with_capacity(2 * n);
+        let mut spans: Vec<(K, K)> = Vec::with_capacity(n);
+        for (f, &(rlo, rhi)) in region.iter().enumerate() {
+            if rlo == rhi {
+                continue;
+            }
+            ends.clear();
+            for &c in cands {
+                for &(lo, hi) in self.intervals(c, f) {
+                    if hi < rlo || lo > rhi {
+                        continue;
+                    }
+                    if lo > rlo {
+                        ends.push(lo.dec());
+                    }
+                    if hi < rhi {
+                        ends.push(hi);
+                    }
+                }
+            }
+            if ends.is_empty() {
+                continue;
+            }
+            ends.sort_unstable();
+            ends.dedup();
+            // Each candidate's span in this field (its hull within the region): the slices it
+            // falls in are consecutive, so a difference array counts every slice in one pass.
+            spans.clear();
+            spans.extend(cands.iter().map(|&c| {
+                let (lo, hi) = self.hulls[c as usize][f];
+                (lo.max(rlo), hi.min(rhi))
+            }));
+            let mut fanout = MAX_FANOUT.min(ends.len() + 1);
+            while fanout >= 2 {
+                let mut points: Vec<K> = (1..fanout).map(|i| ends[i * ends.len() / fanout]).collect();
+                points.dedup();
+                let mut diff = vec![0isize; points.len() + 2];
+                for &(lo, hi) in &spans {
+                    diff[slice_of(&points, lo)] += 1;
+                    diff[slice_of(&points, hi) + 1] -= 1;
+                }
+                let (mut max, mut total, mut running) = (0usize, 0usize, 0isize);
+                for d in &diff[..=points.len()] {
+                    running += d;
+                    max = max.max(running as usize);
+                    total += running as usize;
+                }
+                if max < n && (total as f64) <= MAX_REPLICATION * n as f64 {
+                    if best.as_ref().is_none_or(|b| (max, total) < (b.0, b.1)) {
+                        best = Some((max, total, f, points));
+                    }
+                    break;
+                }
+                fanout /= 2;
+            }
+        }
+        best.map(|(_, _, f, p)| (f, p))
+    }
 }
 
 /// The child ranges that cut points make of a region's field range.
@@ -631,54 +727,10 @@ const MAX_FANOUT: usize = 16;
 /// node's rules.
 const MAX_REPLICATION: f64 = 2.0;
 
-/// Picks the field and cut points (up to [`MAX_FANOUT`] children) that leave the fullest child
-/// smallest, within the replication bound; `None` when no cut makes progress.
-fn choose_cut<K: Key>(rules: &[TreeRule<K>], cands: &[u32], region: &[(K, K); FIELDS]) -> Option<(usize, Vec<K>)> {
-    let n = cands.len();
-    let mut best: Option<(usize, usize, usize, Vec<K>)> = None; // (fullest child, total, field, points)
-    let mut ends: Vec<K> = Vec::with_capacity(2 * n);
-    for (f, &(rlo, rhi)) in region.iter().enumerate() {
-        if rlo == rhi {
-            continue;
-        }
-        ends.clear();
-        for &c in cands {
-            for &(lo, hi) in &rules[c as usize].fields[f] {
-                if hi < rlo || lo > rhi {
-                    continue;
-                }
-                if lo > rlo {
-                    ends.push(lo.dec());
-                }
-                if hi < rhi {
-                    ends.push(hi);
-                }
-            }
-        }
-        if ends.is_empty() {
-            continue;
-        }
-        ends.sort_unstable();
-        ends.dedup();
-        let mut fanout = MAX_FANOUT.min(ends.len() + 1);
-        while fanout >= 2 {
-            let mut points: Vec<K> = (1..fanout).map(|i| ends[i * ends.len() / fanout]).collect();
-            points.dedup();
-            let counts: Vec<usize> = slices(&points, (rlo, rhi))
-                .iter()
-                .map(|&(lo, hi)| cands.iter().filter(|&&c| overlaps(&rules[c as usize].fields[f], lo, hi)).count())
-                .collect();
-            let (max, total) = (*counts.iter().max().unwrap(), counts.iter().sum::<usize>());
-            if max < n && (total as f64) <= MAX_REPLICATION * n as f64 {
-                if best.as_ref().is_none_or(|b| (max, total) < (b.0, b.1)) {
-                    best = Some((max, total, f, points));
-                }
-                break;
-            }
-            fanout /= 2;
-        }
-    }
-    best.map(|(_, _, f, p)| (f, p))
+/// The index of the slice (child) that takes value `v`: the number of cut points below it.
+#[inline]
+fn slice_of<K: Key>(points: &[K], v: K) -> usize {
+    points.partition_point(|&p| p < v)
 }
 
 /// The shape of one tree, for benchmark reports.
