@@ -24,13 +24,14 @@
 //! Updates do not rebuild: a classifier is an immutable base (the trees) plus a small overlay of
 //! added rules and removed priorities, both behind `Arc`s. Changing one rule copies only the
 //! overlay, so it costs microseconds and the old classifier stays valid for readers still using
-//! it; once the overlay holds more than [`OVERLAY_LIMIT`] changes the next update rebuilds.
+//! it. Once the overlay holds half of [`OVERLAY_LIMIT`] changes, a new base is built on a
+//! background thread; a later update takes it in, keeping only the changes made since.
 //!
 //! Every lookup takes a lower bound on the priority (`from`), which is how the caller continues
 //! after a Pass rule. Rules carry extra checks the tree cannot see (IP-set membership, named
 //! ports): a leaf calls `accept` on each candidate that matches every interval field.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 
 /// Number of fields: source address, destination address, protocol, source port, destination port.
 pub const FIELDS: usize = 5;
@@ -196,8 +197,12 @@ const MAX_DEPTH: usize = 48;
 /// An address interval at most this many bits wide counts as "small" for partitioning.
 const SMALL_BITS_V4: u32 = 16;
 
-/// Changes kept beside the trees before an update rebuilds them.
+/// Changes kept beside the trees: past half of this a background rebuild starts; past all of
+/// it an update takes in a finished rebuild.
 pub const OVERLAY_LIMIT: usize = 64;
+/// Changes past which an update waits for the running rebuild (a burst of changes faster than
+/// rebuilds): bounds the overlay that lookups scan.
+const OVERLAY_WAIT: usize = 8 * OVERLAY_LIMIT;
 
 /// The immutable part: rules and trees.
 #[derive(Debug)]
@@ -225,6 +230,96 @@ struct Overlay<K> {
 pub struct TreeClassifier<K> {
     base: Arc<Base<K>>,
     overlay: Arc<Overlay<K>>,
+    /// A new base being built in the background, if one is.
+    rebuild: Option<Arc<Rebuild<K>>>,
+}
+
+/// A base being built in the background from the rules of `base` with `folded` applied.
+#[derive(Debug)]
+struct Rebuild<K> {
+    /// The changes the new base includes.
+    folded: Arc<Overlay<K>>,
+    done: Mutex<Option<Arc<Base<K>>>>,
+    finished: Condvar,
+}
+
+impl<K: Key> Rebuild<K> {
+    /// Starts building the base of `base` ⊕ `folded` on the rebuild thread.
+    fn start(base: Arc<Base<K>>, folded: Arc<Overlay<K>>) -> Arc<Self> {
+        let job = Arc::new(Rebuild { folded, done: Mutex::new(None), finished: Condvar::new() });
+        let j = job.clone();
+        let run = move || {
+            let built = Arc::new(Base::build(rules_of(&base, &j.folded), base.restarts.clone()));
+            *j.done.lock().expect("rebuild lock") = Some(built);
+            j.finished.notify_all();
+        };
+        if rebuild_thread().send(Box::new(run)).is_err() {
+            unreachable!("the rebuild thread never exits");
+        }
+        job
+    }
+
+    /// The new base, if it is built (waiting for it if `wait`).
+    fn result(&self, wait: bool) -> Option<Arc<Base<K>>> {
+        let mut done = self.done.lock().expect("rebuild lock");
+        while wait && done.is_none() {
+            done = self.finished.wait(done).expect("rebuild lock");
+        }
+        done.clone()
+    }
+}
+
+/// A job for the rebuild thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The process's rebuild thread (started on first use): builds new bases off the update path.
+fn rebuild_thread() -> &'static mpsc::Sender<Job> {
+    static THREAD: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+    THREAD.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("palisade-rebuild".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("starting the classifier rebuild thread");
+        tx
+    })
+}
+
+/// The rules of `base` with `overlay` applied, by priority.
+fn rules_of<K: Key>(base: &Base<K>, overlay: &Overlay<K>) -> Vec<TreeRule<K>> {
+    let mut out: Vec<TreeRule<K>> =
+        base.entries.iter().filter(|e| overlay.removed.binary_search(&e.priority).is_err()).map(|e| base.rule(e)).collect();
+    out.extend(overlay.added.iter().map(|r| (**r).clone()));
+    out.sort_by_key(|r| r.priority);
+    out
+}
+
+/// What one priority holds under a base and an overlay.
+enum Held<'a, K> {
+    Nothing,
+    Base,
+    Added(&'a Arc<TreeRule<K>>),
+}
+
+impl<K> Overlay<K> {
+    fn holds(&self, base: &Base<K>, priority: u32) -> Held<'_, K> {
+        if let Ok(i) = self.added.binary_search_by_key(&priority, |r| r.priority) {
+            Held::Added(&self.added[i])
+        } else if self.removed.binary_search(&priority).is_err() && base.entries.binary_search_by_key(&priority, |e| e.priority).is_ok() {
+            Held::Base
+        } else {
+            Held::Nothing
+        }
+    }
+
+    /// Rules changed (a replaced rule is both removed and added).
+    fn len(&self) -> usize {
+        self.added.len().max(self.removed.len())
+    }
 }
 
 /// What the trees found: the best match, or that a removed rule hid rules only a scan can check.
@@ -249,87 +344,17 @@ impl<K: Key> TreeClassifier<K> {
         Self::build_with(rules, None)
     }
 
-    fn build_with(mut rules: Vec<TreeRule<K>>, restarts: Option<Vec<u32>>) -> Self {
-        rules.retain(|r| r.fields.iter().all(|f| !f.is_empty()));
-        rules.sort_by_key(|r| r.priority);
-        // Partition by which address fields are small (CutSplit).
-        let small_bits = K::BITS - (32 - SMALL_BITS_V4);
-        let mut parts: [Vec<u32>; 4] = Default::default();
-        for (i, r) in rules.iter().enumerate() {
-            let small = |f: usize| {
-                let (lo, hi) = r.hull(f);
-                K::width_bits(lo, hi) <= small_bits
-            };
-            let p = match (small(0), small(1)) {
-                (true, true) => 0,
-                (true, false) => 1,
-                (false, true) => 2,
-                (false, false) => 3,
-            };
-            parts[p].push(i as u32);
-        }
-        let mut builder = Builder {
-            rules: &rules,
-            hulls: rules.iter().map(|r| std::array::from_fn(|f| r.hull(f))).collect(),
-            single: rules.iter().map(|r| r.fields.iter().all(|iv| iv.len() == 1)).collect(),
-            restarts: restarts.as_deref(),
-            hides: vec![false; rules.len()],
-        };
-        let mut trees: Vec<Tree<K>> = parts
-            .into_iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let best = rules[p[0] as usize].priority;
-                let mut t = Tree { root: Node::Leaf { start: 0, len: 0 }, points: Vec::new(), children: Vec::new(), leaf_rules: Vec::new(), best };
-                let mut budget = LEAF_BUDGET * p.len() + 4 * LEAF_SIZE;
-                t.root = builder.node(&mut t, p, domain(), 0, &mut budget);
-                t
-            })
-            .collect();
-        trees.sort_by_key(|t| t.best);
-        let hides = builder.hides;
-        let mut multi = Vec::new();
-        let entries = rules
-            .into_iter()
-            .zip(hides)
-            .map(|(r, hides)| {
-                let mut lo = [K::MIN; FIELDS];
-                let mut hi = [K::MIN; FIELDS];
-                for f in 0..FIELDS {
-                    (lo[f], hi[f]) = r.hull(f);
-                }
-                let mut flags = if r.checked { CHECKED } else { 0 } | if hides { HIDES } else { 0 };
-                if r.fields.iter().any(|iv| iv.len() > 1) {
-                    flags |= MULTI | multi.len() as u32;
-                    multi.push(TreeRule { priority: r.priority, fields: r.fields, checked: r.checked });
-                }
-                LeafEntry { lo, hi, priority: r.priority, rule: flags }
-            })
-            .collect();
+    fn build_with(rules: Vec<TreeRule<K>>, restarts: Option<Vec<u32>>) -> Self {
         TreeClassifier {
-            base: Arc::new(Base { entries, multi, trees, restarts }),
+            base: Arc::new(Base::build(rules, restarts)),
             overlay: Arc::new(Overlay { added: Vec::new(), removed: Vec::new() }),
+            rebuild: None,
         }
     }
 
     /// All rules in force, by priority.
     pub fn rules(&self) -> Vec<TreeRule<K>> {
-        let base = &self.base;
-        let mut out: Vec<TreeRule<K>> = base
-            .entries
-            .iter()
-            .filter(|e| self.overlay.removed.binary_search(&e.priority).is_err())
-            .map(|e| {
-                if e.rule & MULTI != 0 {
-                    base.multi[(e.rule & INDEX) as usize].clone()
-                } else {
-                    TreeRule { priority: e.priority, fields: std::array::from_fn(|f| vec![(e.lo[f], e.hi[f])]), checked: e.rule & CHECKED != 0 }
-                }
-            })
-            .collect();
-        out.extend(self.overlay.added.iter().map(|r| (**r).clone()));
-        out.sort_by_key(|r| r.priority);
-        out
+        rules_of(&self.base, &self.overlay)
     }
 
     /// Whether no rule is in force.
@@ -339,19 +364,19 @@ impl<K: Key> TreeClassifier<K> {
 
     /// A classifier with `rule` added, replacing any rule of the same priority.
     pub fn insert(&self, rule: TreeRule<K>) -> Self {
-        let next = self.without(rule.priority);
-        let mut ov = Overlay { added: next.overlay.added.clone(), removed: next.overlay.removed.clone() };
+        let mut ov = self.overlay_without(rule.priority);
         let at = ov.added.partition_point(|r| r.priority < rule.priority);
         ov.added.insert(at, Arc::new(rule));
-        TreeClassifier { base: next.base, overlay: Arc::new(ov) }.settle()
+        self.with_overlay(ov).settle()
     }
 
     /// A classifier without the rule of this priority (if there is one).
     pub fn remove(&self, priority: u32) -> Self {
-        self.without(priority).settle()
+        self.with_overlay(self.overlay_without(priority)).settle()
     }
 
-    fn without(&self, priority: u32) -> Self {
+    /// A copy of the overlay in which no rule of this priority is in force.
+    fn overlay_without(&self, priority: u32) -> Overlay<K> {
         let mut ov = Overlay { added: self.overlay.added.clone(), removed: self.overlay.removed.clone() };
         ov.added.retain(|r| r.priority != priority);
         if self.base.entries.binary_search_by_key(&priority, |e| e.priority).is_ok() {
@@ -359,15 +384,65 @@ impl<K: Key> TreeClassifier<K> {
                 ov.removed.insert(at, priority);
             }
         }
-        TreeClassifier { base: self.base.clone(), overlay: Arc::new(ov) }
+        ov
     }
 
-    /// Rebuilds once the overlay is too large to scan cheaply.
+    fn with_overlay(&self, overlay: Overlay<K>) -> Self {
+        TreeClassifier { base: self.base.clone(), overlay: Arc::new(overlay), rebuild: self.rebuild.clone() }
+    }
+
+    /// Takes in a finished background rebuild, and starts one once the overlay has grown to half
+    /// its limit: updates wait for a rebuild only when changes come faster than rebuilds and the
+    /// overlay passes [`OVERLAY_WAIT`].
     fn settle(self) -> Self {
-        if self.overlay.added.len() + self.overlay.removed.len() > OVERLAY_LIMIT {
-            TreeClassifier::build_with(self.rules(), self.base.restarts.clone())
-        } else {
-            self
+        let over = self.overlay.len() > OVERLAY_WAIT;
+        let mut next = match &self.rebuild {
+            Some(r) => match r.result(over) {
+                Some(base) => self.adopt(base, &r.folded),
+                None => return self,
+            },
+            None => self,
+        };
+        if next.overlay.len() > OVERLAY_LIMIT / 2 {
+            next.rebuild = Some(Rebuild::start(next.base.clone(), next.overlay.clone()));
+        }
+        next
+    }
+
+    /// The same rules over `base`, the rebuild of this classifier's base with `folded` applied:
+    /// the new overlay holds the changes made since the rebuild started.
+    fn adopt(&self, base: Arc<Base<K>>, folded: &Overlay<K>) -> Self {
+        let mut touched: Vec<u32> = (self.overlay.added.iter().chain(&folded.added).map(|r| r.priority))
+            .chain(self.overlay.removed.iter().chain(&folded.removed).copied())
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut ov = Overlay { added: Vec::new(), removed: Vec::new() };
+        for p in touched {
+            let now = self.overlay.holds(&self.base, p);
+            let built = folded.holds(&self.base, p);
+            let rule = match (&now, &built) {
+                (Held::Nothing, Held::Nothing) | (Held::Base, Held::Base) => continue,
+                (Held::Added(a), Held::Added(b)) if Arc::ptr_eq(a, b) => continue,
+                (Held::Added(a), _) => Some(Arc::clone(a)),
+                // A priority the rebuild's changes touched stays touched: overlays only grow.
+                (Held::Base, _) => unreachable!("priority {p} was changed before the rebuild and is untouched now"),
+                (Held::Nothing, _) => None,
+            };
+            if !matches!(built, Held::Nothing) {
+                ov.removed.push(p);
+            }
+            ov.added.extend(rule);
+        }
+        TreeClassifier { base, overlay: Arc::new(ov), rebuild: None }
+    }
+
+    /// This classifier with any background rebuild finished and taken in (for callers that
+    /// want the fastest lookups now, and for tests).
+    pub fn settled(&self) -> Self {
+        match &self.rebuild {
+            Some(r) => self.adopt(r.result(true).expect("waited for the rebuild"), &r.folded),
+            None => self.clone(),
         }
     }
 
@@ -486,6 +561,76 @@ impl<K: Key> Tree<K> {
 }
 
 impl<K: Key> Base<K> {
+    /// Builds the trees over `rules` (any order); `restarts`: see [`TreeClassifier::build`].
+    fn build(mut rules: Vec<TreeRule<K>>, restarts: Option<Vec<u32>>) -> Self {
+        rules.retain(|r| r.fields.iter().all(|f| !f.is_empty()));
+        rules.sort_by_key(|r| r.priority);
+        // Partition by which address fields are small (CutSplit).
+        let small_bits = K::BITS - (32 - SMALL_BITS_V4);
+        let mut parts: [Vec<u32>; 4] = Default::default();
+        for (i, r) in rules.iter().enumerate() {
+            let small = |f: usize| {
+                let (lo, hi) = r.hull(f);
+                K::width_bits(lo, hi) <= small_bits
+            };
+            let p = match (small(0), small(1)) {
+                (true, true) => 0,
+                (true, false) => 1,
+                (false, true) => 2,
+                (false, false) => 3,
+            };
+            parts[p].push(i as u32);
+        }
+        let mut builder = Builder {
+            rules: &rules,
+            hulls: rules.iter().map(|r| std::array::from_fn(|f| r.hull(f))).collect(),
+            single: rules.iter().map(|r| r.fields.iter().all(|iv| iv.len() == 1)).collect(),
+            restarts: restarts.as_deref(),
+            hides: vec![false; rules.len()],
+        };
+        let mut trees: Vec<Tree<K>> = parts
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let best = rules[p[0] as usize].priority;
+                let mut t = Tree { root: Node::Leaf { start: 0, len: 0 }, points: Vec::new(), children: Vec::new(), leaf_rules: Vec::new(), best };
+                let mut budget = LEAF_BUDGET * p.len() + 4 * LEAF_SIZE;
+                t.root = builder.node(&mut t, p, domain(), 0, &mut budget);
+                t
+            })
+            .collect();
+        trees.sort_by_key(|t| t.best);
+        let hides = builder.hides;
+        let mut multi = Vec::new();
+        let entries = rules
+            .into_iter()
+            .zip(hides)
+            .map(|(r, hides)| {
+                let mut lo = [K::MIN; FIELDS];
+                let mut hi = [K::MIN; FIELDS];
+                for f in 0..FIELDS {
+                    (lo[f], hi[f]) = r.hull(f);
+                }
+                let mut flags = if r.checked { CHECKED } else { 0 } | if hides { HIDES } else { 0 };
+                if r.fields.iter().any(|iv| iv.len() > 1) {
+                    flags |= MULTI | multi.len() as u32;
+                    multi.push(TreeRule { priority: r.priority, fields: r.fields, checked: r.checked });
+                }
+                LeafEntry { lo, hi, priority: r.priority, rule: flags }
+            })
+            .collect();
+        Base { entries, multi, trees, restarts }
+    }
+
+    /// The rule an entry stands for.
+    fn rule(&self, e: &LeafEntry<K>) -> TreeRule<K> {
+        if e.rule & MULTI != 0 {
+            self.multi[(e.rule & INDEX) as usize].clone()
+        } else {
+            TreeRule { priority: e.priority, fields: std::array::from_fn(|f| vec![(e.lo[f], e.hi[f])]), checked: e.rule & CHECKED != 0 }
+        }
+    }
+
     #[inline]
     fn lookup(&self, key: &[K; FIELDS], from: u32, removed: &[u32], mut accept: impl FnMut(u32) -> bool) -> Found {
         let mut best: Option<u32> = None;

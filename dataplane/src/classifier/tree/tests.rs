@@ -34,10 +34,12 @@ fn rules() -> impl Strategy<Value = Vec<TreeRule<u32>>> {
 enum Update {
     Insert(TreeRule<u32>),
     Remove(u32),
+    /// Wait for the background rebuild and take it in.
+    Settle,
 }
 
 fn update() -> impl Strategy<Value = Update> {
-    prop_oneof![rule().prop_map(Update::Insert), (0..500u32).prop_map(Update::Remove)]
+    prop_oneof![10 => rule().prop_map(Update::Insert), 10 => (0..500u32).prop_map(Update::Remove), 1 => Just(Update::Settle)]
 }
 
 proptest! {
@@ -48,7 +50,7 @@ proptest! {
     #[test]
     fn tree_equals_linear_scan(
         initial in rules(),
-        updates in prop::collection::vec(update(), 0..100),
+        updates in prop::collection::vec(update(), 0..200),
         keys in prop::collection::vec([0..DOMAIN + 4, 0..DOMAIN + 4, 0..DOMAIN + 4, 0..DOMAIN + 4, 0..DOMAIN + 4], 40),
         restarts in prop::collection::vec(0..520u32, 0..12),
         picks in prop::collection::vec(0..13usize, 40),
@@ -68,6 +70,7 @@ proptest! {
                     reference.remove(&p);
                     tree = tree.remove(p);
                 }
+                Update::Settle => tree = tree.settled(),
             }
         }
         let linear = LinearClassifier::build(reference.into_values().collect());
@@ -106,8 +109,13 @@ fn large_overlays_are_rebuilt_into_the_trees() {
             checked: false,
         });
     }
-    assert!(t.overlay.added.len() < OVERLAY_LIMIT, "overlay was never folded into the base");
+    assert!(t.rebuild.is_some(), "no background rebuild started");
+    assert_eq!(t.lookup(&[7, 1, 6, 1234, 80], 0, |_| true), Some(7), "found in the overlay");
+    let t = t.settled();
+    assert!(t.base.entries.len() > OVERLAY_LIMIT / 2, "the rebuild did not fold the overlay into the base");
+    assert!(t.overlay.len() < OVERLAY_LIMIT);
     assert_eq!(t.lookup(&[7, 1, 6, 1234, 80], 0, |_| true), Some(7));
+    assert_eq!(t.lookup(&[68, 1, 6, 1234, 80], 0, |_| true), Some(68));
     assert_eq!(t.lookup(&[7, 1, 17, 1234, 80], 0, |_| true), None);
 }
 
