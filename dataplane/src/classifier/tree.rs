@@ -866,8 +866,8 @@ fn slices<K: Key>(points: &[K], (rlo, rhi): (K, K)) -> Vec<(K, K)> {
     out
 }
 
-/// Most children a node may have.
-const MAX_FANOUT: usize = 16;
+/// Most children a node may have (a node's cut points stay within a few cache lines).
+const MAX_FANOUT: usize = 64;
 /// How much a cut may replicate rules: the children together hold at most this many times the
 /// node's rules.
 const MAX_REPLICATION: f64 = 2.0;
