@@ -11,12 +11,12 @@
 //! forward) must equal `Evaluator::host_chain`, and the dataplane's host-endpoint pipeline
 //! (failsafes, untracked, pre-DNAT, normal or forward) must decide as `palisade_policy::host`.
 
-use palisade_dataplane::compile::Compiler;
+use palisade_dataplane::compile::{Compiler, Programs};
 use palisade_dataplane::host::{Decided, HostEndpoint};
 use palisade_policy::eval::{Decision, Evaluator, Flow};
 use palisade_policy::host::{self, parse_failsafes, Crossing, Failsafes, HostStep};
 use palisade_policy::load::{resource_from_value, Loaded};
-use palisade_policy::model::{proto, Direction, EndpointKind, HostChain};
+use palisade_policy::model::{proto, Cluster, Direction, EndpointKind, HostChain};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -305,61 +305,29 @@ proptest! {
 
     #[test]
     fn compiled_classifier_equals_reference_evaluator(docs in cluster_docs(), flows in prop::collection::vec(flow(), 24)) {
-        let loaded: Vec<Loaded> = docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
-        let cluster = match palisade_policy::convert::build_cluster(&loaded) {
-            Ok(c) => c,
-            Err(e) => panic!("generator produced an invalid cluster: {}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
-        };
+        let cluster = cluster_of(&docs);
         // The second compile reuses the first one's programs, as the agent does on every update.
         let mut compiler = Compiler::new();
         compiler.compile(&cluster, None);
         let programs = compiler.compile(&cluster, None);
-        let ev = Evaluator::new(&cluster);
-        for ep in &cluster.endpoints {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                let prog = &programs[&(ep.name.clone(), dir)];
-                for f in &flows {
-                    let want = ev.direction(ep, dir, f, false);
-                    let got = prog.classify(f);
-                    prop_assert_eq!(got.allowed, want.allowed, "verdict for {:?} {} {:?}", ep.name, dir, f);
-                    prop_assert_eq!(prog.decision(&got), want.decided_by, "decision for {:?} {} {:?}", ep.name, dir, f);
-                    prop_assert_eq!(prog.matched(&got), want.matched, "trail for {:?} {} {:?}", ep.name, dir, f);
-                }
-            }
-        }
+        programs_equal_evaluator(&cluster, &programs, &flows)?;
     }
 
     /// The agent's path: a compiler that compiled one cluster, told what changed, compiles the
     /// next one (reusing the programs of unchanged policies) and still equals the evaluator.
     #[test]
     fn recompiled_classifier_equals_reference_evaluator(before in cluster_docs(), after in cluster_docs(), flows in prop::collection::vec(flow(), 16)) {
-        let build = |docs: &[Value]| {
-            let loaded: Vec<Loaded> = docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
-            palisade_policy::convert::build_cluster(&loaded).expect("valid cluster")
-        };
-        let (old, cluster) = (build(&before), build(&after));
+        let (old, cluster) = (cluster_of(&before), cluster_of(&after));
         let mut compiler = Compiler::new();
         compiler.compile(&old, None);
         compiler.forget_changed(&old, &cluster);
         let programs = compiler.compile(&cluster, None);
-        let ev = Evaluator::new(&cluster);
-        for ep in &cluster.endpoints {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                let prog = &programs[&(ep.name.clone(), dir)];
-                for f in &flows {
-                    let want = ev.direction(ep, dir, f, false);
-                    let got = prog.classify(f);
-                    prop_assert_eq!(prog.decision(&got), want.decided_by, "decision for {:?} {} {:?}", ep.name, dir, f);
-                    prop_assert_eq!(prog.matched(&got), want.matched, "trail for {:?} {} {:?}", ep.name, dir, f);
-                }
-            }
-        }
+        programs_equal_evaluator(&cluster, &programs, &flows)?;
     }
 
     #[test]
     fn compiled_host_chains_equal_reference_evaluator(docs in cluster_docs(), flows in prop::collection::vec(flow(), 24)) {
-        let loaded: Vec<Loaded> = docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
-        let cluster = palisade_policy::convert::build_cluster(&loaded).expect("valid cluster");
+        let cluster = cluster_of(&docs);
         let mut compiler = Compiler::new();
         compiler.compile(&cluster, None);
         let ev = Evaluator::new(&cluster);
@@ -384,8 +352,7 @@ proptest! {
         flows in prop::collection::vec(flow(), 16),
         failsafes in pick(&["default", "none", "tcp:10.0.0.0/16:80,udp:53,tcp:[fd00::/64]:8080"]),
     ) {
-        let loaded: Vec<Loaded> = docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
-        let cluster = palisade_policy::convert::build_cluster(&loaded).expect("valid cluster");
+        let cluster = cluster_of(&docs);
         let failsafes = match failsafes {
             "default" => Failsafes::default(),
             list => Failsafes { inbound: parse_failsafes(list).unwrap(), outbound: parse_failsafes(list).unwrap() },
@@ -410,6 +377,35 @@ proptest! {
             }
         }
     }
+}
+
+/// The cluster that generated manifests describe.
+fn cluster_of(docs: &[Value]) -> Cluster {
+    let loaded: Vec<Loaded> =
+        docs.iter().map(|d| Loaded { resource: resource_from_value(d.clone(), "generated").expect("valid resource"), file: None }).collect();
+    match palisade_policy::convert::build_cluster(&loaded) {
+        Ok(c) => c,
+        Err(e) => panic!("generator produced an invalid cluster: {}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
+    }
+}
+
+/// Every endpoint's programs decide each flow as the evaluator does: verdict, deciding rule and
+/// the Log, Pass and staged rules matched on the way.
+fn programs_equal_evaluator(cluster: &Cluster, programs: &Programs, flows: &[Flow]) -> Result<(), TestCaseError> {
+    let ev = Evaluator::new(cluster);
+    for ep in &cluster.endpoints {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let prog = &programs[&(ep.name.clone(), dir)];
+            for f in flows {
+                let want = ev.direction(ep, dir, f, false);
+                let got = prog.classify(f);
+                prop_assert_eq!(got.allowed, want.allowed, "verdict for {:?} {} {:?}", ep.name, dir, f);
+                prop_assert_eq!(prog.decision(&got), want.decided_by, "decision for {:?} {} {:?}", ep.name, dir, f);
+                prop_assert_eq!(prog.matched(&got), want.matched, "trail for {:?} {} {:?}", ep.name, dir, f);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A decision as (allowed, what decided): "failsafe" or the chain and its deciding rule.
