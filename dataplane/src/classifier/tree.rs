@@ -24,7 +24,7 @@
 //! Updates do not rebuild: a classifier is an immutable base (the trees) plus a small overlay of
 //! added rules and removed priorities, both behind `Arc`s. Changing one rule copies only the
 //! overlay, so it costs microseconds and the old classifier stays valid for readers still using
-//! it. Once the overlay holds half of [`OVERLAY_LIMIT`] changes, a new base is built on a
+//! it. Once the overlay holds more than [`OVERLAY_LIMIT`] changes, a new base is built on a
 //! background thread; a later update takes it in, keeping only the changes made since.
 //!
 //! Every lookup takes a lower bound on the priority (`from`), which is how the caller continues
@@ -197,12 +197,11 @@ const MAX_DEPTH: usize = 48;
 /// An address interval at most this many bits wide counts as "small" for partitioning.
 const SMALL_BITS_V4: u32 = 16;
 
-/// Changes kept beside the trees: past half of this a background rebuild starts; past all of
-/// it an update takes in a finished rebuild.
-pub const OVERLAY_LIMIT: usize = 64;
+/// Changes kept beside the trees before a new base is built in the background.
+pub const OVERLAY_LIMIT: usize = 32;
 /// Changes past which an update waits for the running rebuild (a burst of changes faster than
 /// rebuilds): bounds the overlay that lookups scan.
-const OVERLAY_WAIT: usize = 8 * OVERLAY_LIMIT;
+const OVERLAY_WAIT: usize = 16 * OVERLAY_LIMIT;
 
 /// The immutable part: rules and trees.
 #[derive(Debug)]
@@ -300,12 +299,16 @@ fn rules_of<K: Key>(base: &Base<K>, overlay: &Overlay<K>) -> Vec<TreeRule<K>> {
 
 /// What one priority holds under a base and an overlay.
 enum Held<'a, K> {
+    /// No rule.
     Nothing,
+    /// The base's rule.
     Base,
+    /// A rule the overlay added.
     Added(&'a Arc<TreeRule<K>>),
 }
 
 impl<K> Overlay<K> {
+    /// What `priority` holds over `base`.
     fn holds(&self, base: &Base<K>, priority: u32) -> Held<'_, K> {
         if let Ok(i) = self.added.binary_search_by_key(&priority, |r| r.priority) {
             Held::Added(&self.added[i])
@@ -391,9 +394,9 @@ impl<K: Key> TreeClassifier<K> {
         TreeClassifier { base: self.base.clone(), overlay: Arc::new(overlay), rebuild: self.rebuild.clone() }
     }
 
-    /// Takes in a finished background rebuild, and starts one once the overlay has grown to half
-    /// its limit: updates wait for a rebuild only when changes come faster than rebuilds and the
-    /// overlay passes [`OVERLAY_WAIT`].
+    /// Takes in a finished background rebuild, and starts one once the overlay passes
+    /// [`OVERLAY_LIMIT`]: updates wait for a rebuild only when changes come faster than rebuilds
+    /// and the overlay passes [`OVERLAY_WAIT`].
     fn settle(self) -> Self {
         let over = self.overlay.len() > OVERLAY_WAIT;
         let mut next = match &self.rebuild {
@@ -403,7 +406,7 @@ impl<K: Key> TreeClassifier<K> {
             },
             None => self,
         };
-        if next.overlay.len() > OVERLAY_LIMIT / 2 {
+        if next.overlay.len() > OVERLAY_LIMIT {
             next.rebuild = Some(Rebuild::start(next.base.clone(), next.overlay.clone()));
         }
         next

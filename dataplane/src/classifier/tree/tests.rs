@@ -102,7 +102,7 @@ fn empty_field_rules_never_match() {
 #[test]
 fn large_overlays_are_rebuilt_into_the_trees() {
     let mut t = TreeClassifier::build(Vec::new(), &[]);
-    for p in 0..(OVERLAY_LIMIT as u32 + 5) {
+    for p in 0..(2 * OVERLAY_LIMIT as u32 + 5) {
         t = t.insert(TreeRule {
             priority: p,
             fields: [vec![(p, p)], vec![(0, u32::MAX)], vec![(6, 6)], vec![(0, 65535)], vec![(80, 80)]],
@@ -111,9 +111,10 @@ fn large_overlays_are_rebuilt_into_the_trees() {
     }
     assert!(t.rebuild.is_some(), "no background rebuild started");
     assert_eq!(t.lookup(&[7, 1, 6, 1234, 80], 0, |_| true), Some(7), "found in the overlay");
+    let before = t.overlay.len();
     let t = t.settled();
-    assert!(t.base.entries.len() > OVERLAY_LIMIT / 2, "the rebuild did not fold the overlay into the base");
-    assert!(t.overlay.len() < OVERLAY_LIMIT);
+    assert!(t.base.entries.len() > OVERLAY_LIMIT, "the rebuild did not fold the overlay into the base");
+    assert!(t.overlay.len() < before, "settling kept every change in the overlay");
     assert_eq!(t.lookup(&[7, 1, 6, 1234, 80], 0, |_| true), Some(7));
     assert_eq!(t.lookup(&[68, 1, 6, 1234, 80], 0, |_| true), Some(68));
     assert_eq!(t.lookup(&[7, 1, 17, 1234, 80], 0, |_| true), None);
