@@ -140,7 +140,8 @@ pub fn contains<K: Key>(iv: &[(K, K)], k: K) -> bool {
 enum Node {
     /// `points[start..start + n]` (ascending) cut `field` into `n + 1` children
     /// `children[start + i]`: child `i` takes keys above point `i - 1` and up to point `i`.
-    Cut { field: u8, start: u32, n: u8 },
+    /// `best`: the best priority below (a lookup that has a match as good stops here).
+    Cut { field: u8, n: u8, start: u32, best: u32 },
     /// Candidates `leaf_rules[start..start + len]`, in priority order.
     Leaf { start: u32, len: u32 },
 }
@@ -479,7 +480,7 @@ impl<K: Key> TreeClassifier<K> {
         let mut out = Vec::new();
         for t in self.base.trees.iter().take_while(|t| t.best < below) {
             let mut n = t.root;
-            while let Node::Cut { field, start, n: cuts } = n {
+            while let Node::Cut { field, start, n: cuts, .. } = n {
                 n = t.child(key[field as usize], start, cuts);
             }
             let Node::Leaf { start, len } = n else { unreachable!("the walk stops at a leaf") };
@@ -517,7 +518,7 @@ impl<K: Key> TreeClassifier<K> {
             while moving {
                 moving = false;
                 for (c, k) in cursor.iter_mut().zip(keys) {
-                    if let Node::Cut { field, start, n } = *c {
+                    if let Node::Cut { field, start, n, .. } = *c {
                         *c = t.child(k[field as usize], start, n);
                         moving = true;
                     }
@@ -644,7 +645,12 @@ impl<K: Key> Base<K> {
             let mut n = t.root;
             loop {
                 match n {
-                    Node::Cut { field, start, n: cuts } => n = t.child(key[field as usize], start, cuts),
+                    Node::Cut { field, start, n: cuts, best: below } => {
+                        if best.is_some_and(|p| p <= below) {
+                            break;
+                        }
+                        n = t.child(key[field as usize], start, cuts);
+                    }
                     Node::Leaf { start, len } => {
                         for &ri in &t.leaf_rules[start as usize..(start + len) as usize] {
                             let e = &self.entries[ri as usize];
@@ -786,7 +792,7 @@ impl<K: Key> Builder<'_, K> {
                     let child = self.node(t, sub, reg, depth + 1, budget);
                     t.children[start as usize + i] = child;
                 }
-                Node::Cut { field: field as u8, start, n: points.len() as u8 }
+                Node::Cut { field: field as u8, n: points.len() as u8, start, best: self.rules[cands[0] as usize].priority }
             }
         }
     }
