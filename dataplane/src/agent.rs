@@ -68,7 +68,7 @@ pub enum Source {
 
 /// The state as it arrives from a [`Source`].
 enum Feed {
-    Files(Vec<PathBuf>, Vec<(PathBuf, Option<std::time::SystemTime>, u64)>),
+    Files(Vec<PathBuf>, palisade_policy::load::Stamp),
     Control(std::sync::mpsc::Receiver<palisade_control::store::State>),
 }
 

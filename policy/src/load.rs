@@ -75,11 +75,8 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Loaded>, Vec<Error>
 
 /// [`load_paths`], keeping each resource's document.
 pub fn load_documents<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<(Loaded, serde_json::Value)>, Vec<Error>> {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for p in paths {
-        collect_files(p.as_ref(), &mut files, &mut errors);
-    }
+    // Unreadable paths are reported together with the errors of the files that were read.
+    let (files, mut errors) = files_of(paths);
     let mut out = Vec::new();
     for file in files {
         match std::fs::read_to_string(&file) {
@@ -100,16 +97,20 @@ pub fn load_documents<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<(Loaded, serde_
 /// The manifest files of `paths`: files as given, directories' `.yaml`/`.yml`/`.json` files
 /// (recursively, in name order).
 pub fn manifest_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>, Vec<Error>> {
+    match files_of(paths) {
+        (files, errors) if errors.is_empty() => Ok(files),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// The manifest files found under `paths`, and the errors of the paths that could not be read.
+fn files_of<P: AsRef<Path>>(paths: &[P]) -> (Vec<PathBuf>, Vec<Error>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for p in paths {
         collect_files(p.as_ref(), &mut files, &mut errors);
     }
-    if errors.is_empty() {
-        Ok(files)
-    } else {
-        Err(errors)
-    }
+    (files, errors)
 }
 
 fn collect_files(path: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<Error>) {
@@ -255,10 +256,12 @@ fn typed<T: DeserializeOwned>(value: serde_json::Value, root: &str, resource: &s
     })
 }
 
-/// Modification times and sizes of every file under the state paths: a change in any is a
-/// change of state. (Polling a handful of files every 200 ms costs nothing and works on every
-/// filesystem.)
-pub fn stamp<P: AsRef<Path>>(paths: &[P]) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+/// Path, modification time and size of every file and directory under some paths.
+pub type Stamp = Vec<(PathBuf, Option<std::time::SystemTime>, u64)>;
+
+/// The [`Stamp`] of the state paths: a change in any entry is a change of state. (Polling a
+/// handful of files every 200 ms costs nothing and works on every filesystem.)
+pub fn stamp<P: AsRef<Path>>(paths: &[P]) -> Stamp {
     let mut out = Vec::new();
     for p in paths {
         let mut stack = vec![p.as_ref().to_path_buf()];
