@@ -37,7 +37,7 @@ fn classbench_lookups(c: &mut Criterion) {
 
 fn k8s_lookups(c: &mut Criterion) {
     let gen = k8s::generate(1_000, 4096, 1);
-    let programs = Compiler::new().compile(&gen.cluster, None);
+    let programs = Compiler::new().compile(&palisade_policy::calc::NodeView::compute(&gen.cluster, None));
     let ev = Evaluator::new(&gen.cluster);
     let lookups: Vec<_> = gen
         .flows

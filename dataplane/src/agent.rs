@@ -19,7 +19,8 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use palisade_bpf::{Mode, Redirector};
 use palisade_policy::host::Failsafes;
-use palisade_policy::model::{workload_mac, Cluster, Direction, EndpointKind, HostChain};
+use palisade_policy::calc::NodeView;
+use palisade_policy::model::{workload_mac, Direction, EndpointKind, HostChain};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -77,13 +78,13 @@ fn messages(errs: &[palisade_policy::Error]) -> String {
 }
 
 impl Feed {
-    /// Starts reading `source`; returns the first state (waiting for it from a control plane).
-    fn start(source: &Source, node: Option<&str>, stop: &Arc<AtomicBool>) -> Result<(Feed, Cluster), String> {
+    /// Starts reading `source`; returns the first view of `node` (waiting for it from a control plane).
+    fn start(source: &Source, node: Option<&str>, stop: &Arc<AtomicBool>) -> Result<(Feed, NodeView), String> {
         match source {
             Source::Files(paths) => {
                 let stamp = palisade_policy::load::stamp(paths);
                 let cluster = palisade_policy::load_cluster(paths).map_err(|e| messages(&e))?;
-                Ok((Feed::Files(paths.clone(), stamp), cluster))
+                Ok((Feed::Files(paths.clone(), stamp), NodeView::compute(&cluster, node)))
             }
             Source::Control(url, security) => {
                 let rx = palisade_control::client::follow(url.clone(), node.unwrap_or_default().to_string(), security.clone(), stop.clone())
@@ -91,7 +92,7 @@ impl Feed {
                 loop {
                     match rx.recv_timeout(Duration::from_millis(200)) {
                         Ok(state) => match state.cluster() {
-                            Ok(c) => return Ok((Feed::Control(rx), c)),
+                            Ok(c) => return Ok((Feed::Control(rx), NodeView::compute(&c, node))),
                             Err(e) => eprintln!("palisade-dataplane: rejected revision {} from the control plane:\n{}", state.revision, messages(&e)),
                         },
                         Err(_) if stop.load(Ordering::Relaxed) => return Err("stopped before the first state arrived".into()),
@@ -102,9 +103,9 @@ impl Feed {
         }
     }
 
-    /// A new state, if one arrives within `wait` (files are looked at after `wait`; a control
-    /// plane's state is taken as soon as it arrives): the cluster, or why it was refused.
-    fn next(&mut self, wait: Duration) -> Option<Result<Cluster, String>> {
+    /// A new view of `node`, if one arrives within `wait` (files are looked at after `wait`; a
+    /// control plane's state is taken as soon as it arrives), or why it was refused.
+    fn next(&mut self, node: Option<&str>, wait: Duration) -> Option<Result<NodeView, String>> {
         match self {
             Feed::Files(paths, stamp) => {
                 std::thread::sleep(wait);
@@ -113,12 +114,14 @@ impl Feed {
                     return None;
                 }
                 *stamp = now;
-                Some(palisade_policy::load_cluster(paths).map_err(|e| messages(&e)))
+                Some(palisade_policy::load_cluster(paths).map(|c| NodeView::compute(&c, node)).map_err(|e| messages(&e)))
             }
             Feed::Control(rx) => {
                 let first = rx.recv_timeout(wait).ok()?;
                 let latest = rx.try_iter().last().unwrap_or(first);
-                Some(latest.cluster().map_err(|e| format!("revision {} from the control plane: {}", latest.revision, messages(&e))))
+                Some(
+                    latest.cluster().map(|c| NodeView::compute(&c, node)).map_err(|e| format!("revision {} from the control plane: {}", latest.revision, messages(&e))),
+                )
             }
         }
     }
@@ -179,7 +182,7 @@ pub const WORKLOAD_TAP: &str = "palwl0";
 /// Runs the agent until `stop` is set; returns an error if the first state cannot be loaded
 /// or the packet path cannot be set up.
 pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let (mut feed, cluster) = Feed::start(&config.source, config.node.as_deref(), &stop)?;
+    let (mut feed, view) = Feed::start(&config.source, config.node.as_deref(), &stop)?;
     let conntrack = Arc::new(ConnTrack::new(conntrack::Config { capacity: config.conntrack_capacity, timeouts: Default::default() }));
     let mut redirector = Redirector::load().map_err(|e| e.to_string())?;
     let host_path = Arc::new(HostPath::new(redirector.flow_table().map_err(|e| e.to_string())?));
@@ -228,18 +231,18 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     if let Some((uplink, _)) = &config.uplink {
         agent.attach(uplink, Mode::Owned)?;
     }
-    agent.apply(&cluster, 1)?;
+    agent.apply(&view, 1)?;
     let redirector_counters = Arc::new(Mutex::new(BTreeMap::new()));
     if let Some(path) = &config.stats_socket {
         serve_stats(path.clone(), status.clone(), worker_stats.clone(), redirector_counters.clone(), conntrack.clone(), stop.clone())?;
     }
     eprintln!("palisade-dataplane: enforcing revision 1 ({} endpoints, {} queues)", snapshot.load().endpoints.len(), config.queues);
 
-    let mut cluster = cluster;
+    let mut view = view;
     let mut revision = 1;
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let next = feed.next(Duration::from_millis(200));
+        let next = feed.next(config.node.as_deref(), Duration::from_millis(200));
         if let Ok(c) = agent.redirector.counters() {
             *redirector_counters.lock().expect("lock") = c.into_iter().collect();
         }
@@ -253,10 +256,10 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
             continue;
         }
         match next {
-            Some(Ok(c)) => {
+            Some(Ok(v)) => {
                 // Only programs using a changed policy or profile are compiled again.
-                agent.compiler.forget_changed(&cluster, &c);
-                cluster = c;
+                agent.compiler.forget_changed(&view, &v);
+                view = v;
             }
             Some(Err(msg)) => {
                 eprintln!("palisade-dataplane: rejected the new state, still enforcing revision {revision}:\n{msg}");
@@ -266,7 +269,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
             None => {}
         }
         revision += 1;
-        match agent.apply(&cluster, revision) {
+        match agent.apply(&view, revision) {
             Ok(()) => {
                 // Flows admitted without tracking under the previous state must be decided again.
                 agent.sweep_host(epoch);
@@ -312,10 +315,10 @@ impl Agent {
         }
     }
 
-    /// Compiles `cluster`, attaches to new local interfaces, detaches from gone ones, and
+    /// Compiles `view`, attaches to new local interfaces, detaches from gone ones, and
     /// publishes the new snapshot.
-    fn apply(&mut self, cluster: &Cluster, revision: u64) -> Result<(), String> {
-        let programs = self.compiler.compile(cluster, self.config.node.as_deref());
+    fn apply(&mut self, view: &NodeView, revision: u64) -> Result<(), String> {
+        let programs = self.compiler.compile(view);
         let mut interfaces = Vec::new();
         let mut endpoints = Vec::new();
         let mut missing = Vec::new();
@@ -330,9 +333,8 @@ impl Agent {
             });
             wanted.insert(name.clone());
         }
-        for ep in &cluster.endpoints {
-            let local = self.config.node.as_deref().is_none_or(|n| ep.node.as_deref() == Some(n));
-            let (EndpointKind::Workload, true, Some(ifname)) = (&ep.kind, local, &ep.interface) else { continue };
+        for ep in view.endpoints.values() {
+            let (EndpointKind::Workload, Some(ifname)) = (&ep.kind, &ep.interface) else { continue };
             if palisade_bpf::ifindex(ifname).is_err() {
                 missing.push(ep.name.clone());
                 awaited.push(ifname.clone());
@@ -350,7 +352,7 @@ impl Agent {
             });
             interfaces.push(Interface { name: ifname.clone(), ifindex, mac: interface_mac(ifname)?, role: Role::Workload(endpoints.len() - 1) });
         }
-        let host = self.host_snapshot(cluster, revision)?;
+        let host = self.host_snapshot(view, revision)?;
         wanted.extend(host.interfaces.iter().map(|f| f.name.clone()));
         let gone: Vec<String> = self.attached.keys().filter(|n| !wanted.contains(*n)).cloned().collect();
         for name in gone {
@@ -383,15 +385,15 @@ impl Agent {
 impl Agent {
     /// The host-endpoint part of the state: attaches to each protected interface, finds its
     /// HostEndpoint and compiles its chains.
-    fn host_snapshot(&mut self, cluster: &Cluster, revision: u64) -> Result<HostSnapshot, String> {
+    fn host_snapshot(&mut self, view: &NodeView, revision: u64) -> Result<HostSnapshot, String> {
         let addrs = host::interface_addresses().map_err(|e| format!("reading the host's addresses: {e}"))?;
         let mut interfaces = Vec::new();
         for name in self.config.host_interfaces.clone() {
             let ifindex = self.attach(&name, Mode::Host)?;
             let own: Vec<IpAddr> = addrs.iter().filter(|(n, _)| *n == name).map(|(_, a)| *a).collect();
-            let endpoint = host::endpoint_for(cluster, self.config.node.as_deref(), &name, &own).map(|ep| HostEndpoint {
+            let endpoint = host::endpoint_for(view, &name, &own).map(|ep| HostEndpoint {
                 name: ep.name.clone(),
-                chains: HostChain::ALL.iter().map(|c| self.compiler.compile_host(cluster, ep, *c)).collect(),
+                chains: HostChain::ALL.iter().map(|c| self.compiler.compile_host(view, ep, *c)).collect(),
             });
             let tap = match self.taps.get(&name) {
                 Some(t) => t.clone(),

@@ -1,4 +1,5 @@
-//! The policy compiler: the normalized cluster model → one classifier per endpoint and direction.
+//! The policy compiler: a node's view (see `palisade_policy::calc`) → one classifier per
+//! endpoint and direction.
 //!
 //! Each endpoint-direction's chain (untracked, pre-DNAT and normal tiers, their policies and
 //! rules, the end-of-tier defaults, then the profiles) is laid out as one ordered list of entries.
@@ -9,16 +10,16 @@
 //! outside the parts a Pass skipped. The result equals the reference evaluator's, rule for rule;
 //! the property tests check that.
 //!
-//! Selectors become shared [`IpSet`]s and named ports shared [`NamedPortSet`]s, checked when a
-//! candidate rule is reached, so a change of members recompiles nothing. Endpoints whose chains
+//! Rules refer to the view's IP sets by ID: each becomes a shared [`IpSet`] or [`NamedPortSet`],
+//! checked when a candidate rule is reached, so a change of members recompiles nothing. Endpoints whose chains
 //! are the same share one compiled [`Program`].
 
 use crate::classifier::tree::{Intervals, Key, TreeClassifier, TreeRule, FIELDS};
-use crate::ipset::{v4_range, v6_range, IpSet, IpSetMembers, NamedPortMembers, NamedPortSet, Ranges};
+use crate::ipset::{v4_range, v6_range, IpSet, IpSetMembers, NamedPortSet, Ranges};
 use ipnet::IpNet;
 use palisade_policy::eval::{Decision, Flow, RuleRef};
+use palisade_policy::calc::{EndpointView, NodeView, SetMatch, SetMembers, SetRule, TierInfo};
 use palisade_policy::model::*;
-use palisade_policy::selector::Selector;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,8 +54,10 @@ struct Entry {
 /// Checks on an address and port that the tree cannot see: selector and named-port sets.
 #[derive(Clone, Debug, Default)]
 struct SideChecks {
-    selector: Option<Arc<IpSet>>,
-    not_selector: Option<Arc<IpSet>>,
+    /// Sets that must all contain the address.
+    sets: Vec<Arc<IpSet>>,
+    /// Sets none of which may contain it.
+    not_sets: Vec<Arc<IpSet>>,
     /// Numeric ranges OR these named ports (only when the rule has named ports).
     named: Option<(Vec<PortRange>, Vec<Arc<NamedPortSet>>)>,
     not_named: Vec<Arc<NamedPortSet>>,
@@ -62,13 +65,13 @@ struct SideChecks {
 
 impl SideChecks {
     fn is_empty(&self) -> bool {
-        self.selector.is_none() && self.not_selector.is_none() && self.named.is_none() && self.not_named.is_empty()
+        self.sets.is_empty() && self.not_sets.is_empty() && self.named.is_none() && self.not_named.is_empty()
     }
 
     #[inline]
     fn accept(&self, ip: IpAddr, protocol: u8, port: u16) -> bool {
-        self.selector.as_ref().is_none_or(|s| s.contains(ip))
-            && !self.not_selector.as_ref().is_some_and(|s| s.contains(ip))
+        self.sets.iter().all(|s| s.contains(ip))
+            && !self.not_sets.iter().any(|s| s.contains(ip))
             && self
                 .named
                 .as_ref()
@@ -236,39 +239,14 @@ impl Program {
     }
 }
 
-/// Compiles a cluster into programs, sharing sets and identical chains.
+/// Compiles node views into programs, sharing sets and identical chains.
 #[derive(Default)]
 pub struct Compiler {
-    ip_sets: HashMap<String, Arc<IpSet>>,
-    named_sets: HashMap<(String, String), Arc<NamedPortSet>>,
+    /// Selector sets by ID, with the members they were last given.
+    ip_sets: HashMap<String, (Arc<SetMembers>, Arc<IpSet>)>,
+    /// Named-port sets by ID, likewise.
+    named_sets: HashMap<String, (Arc<SetMembers>, Arc<NamedPortSet>)>,
     programs: HashMap<Vec<String>, Arc<Program>>,
-    /// The last compiled cluster's endpoints by namespace.
-    namespaces: EndpointsByNamespace,
-}
-
-/// Endpoints (indices into the cluster's) by namespace: the only ones a namespaced selector can
-/// match, so computing its members skips the rest of the cluster.
-#[derive(Default)]
-struct EndpointsByNamespace(HashMap<String, Vec<usize>>);
-
-impl EndpointsByNamespace {
-    fn new(cluster: &Cluster) -> Self {
-        let mut map: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, e) in cluster.endpoints.iter().enumerate() {
-            if let Some(ns) = e.labels.get(LABEL_NAMESPACE) {
-                map.entry(ns.clone()).or_default().push(i);
-            }
-        }
-        EndpointsByNamespace(map)
-    }
-
-    /// The endpoints that can match `sel` (all when `None`).
-    fn candidates<'c>(&self, cluster: &'c Cluster, sel: Option<&Selector>) -> Vec<&'c Endpoint> {
-        match sel.and_then(|s| s.required_value(LABEL_NAMESPACE)) {
-            Some(ns) => self.0.get(ns).map(|v| v.iter().map(|&i| &cluster.endpoints[i]).collect()).unwrap_or_default(),
-            None => cluster.endpoints.iter().collect(),
-        }
-    }
 }
 
 /// The programs of every endpoint, by endpoint name and direction.
@@ -280,27 +258,19 @@ impl Compiler {
         Compiler::default()
     }
 
-    /// Compiles every endpoint of `cluster` (optionally only those on `node`). Programs whose
-    /// chain is unchanged since the last call are reused; sets are updated in place.
-    pub fn compile(&mut self, cluster: &Cluster, node: Option<&str>) -> Programs {
-        self.namespaces = EndpointsByNamespace::new(cluster);
-        for (sel, set) in &self.ip_sets {
-            set.set(selector_members(cluster, &self.namespaces, &Selector::parse(sel).expect("canonical selector")));
-        }
-        for ((sel, name), set) in &self.named_sets {
-            let s = (!sel.is_empty()).then(|| Selector::parse(sel).expect("canonical selector"));
-            set.set(named_port_members(cluster, &self.namespaces, s.as_ref(), name));
-        }
+    /// Compiles both directions of every endpoint of `view`. Programs whose chain is unchanged
+    /// since the last call are reused; sets whose members changed are updated in place.
+    pub fn compile(&mut self, view: &NodeView) -> Programs {
+        self.refresh_sets(view);
         let mut out = HashMap::new();
         let mut used: HashMap<Vec<String>, Arc<Program>> = HashMap::new();
-        let index = PolicyIndex::new(cluster);
-        for ep in cluster.endpoints.iter().filter(|e| node.is_none_or(|n| e.node.as_deref() == Some(n))) {
+        for ep in view.endpoints.values() {
             for dir in [Direction::Ingress, Direction::Egress] {
-                let chain = Chain::of(&index, ep, dir);
+                let chain = Chain::of(view, ep, dir);
                 let sig = chain.signature();
                 let prog = match self.programs.get(&sig) {
                     Some(p) => p.clone(),
-                    None => Arc::new(self.build(cluster, &chain)),
+                    None => Arc::new(self.build(&chain)),
                 };
                 used.insert(sig, prog.clone());
                 out.insert((ep.name.clone(), dir), prog);
@@ -313,14 +283,14 @@ impl Compiler {
     }
 
     /// Compiles one chain of a host endpoint, sharing a program with any endpoint whose chain is
-    /// the same. Call after [`Compiler::compile`] for the same cluster (which refreshes the sets).
-    pub fn compile_host(&mut self, cluster: &Cluster, ep: &Endpoint, chain: HostChain) -> Arc<Program> {
-        let c = Chain::of_host(cluster, ep, chain);
+    /// the same. Call after [`Compiler::compile`] for the same view (which refreshes the sets).
+    pub fn compile_host(&mut self, view: &NodeView, ep: &EndpointView, chain: HostChain) -> Arc<Program> {
+        let c = Chain::of_host(view, ep, chain);
         let sig = c.signature();
         if let Some(p) = self.programs.get(&sig) {
             return p.clone();
         }
-        let p = Arc::new(self.build(cluster, &c));
+        let p = Arc::new(self.build(&c));
         self.programs.insert(sig, p.clone());
         p
     }
@@ -328,10 +298,9 @@ impl Compiler {
     /// Prepares for compiling `new` after `old`: forgets the programs that use a policy or profile
     /// that is new or differs, so the next [`compile`](Self::compile) rebuilds only those and
     /// reuses the rest.
-    pub fn forget_changed(&mut self, old: &Cluster, new: &Cluster) {
-        let before: HashMap<&str, &Policy> = old.policies.iter().map(|p| (p.name.as_str(), p)).collect();
-        let mut changed: Vec<String> = new.policies.iter().filter(|p| before.get(p.name.as_str()) != Some(p)).map(|p| p.name.clone()).collect();
-        changed.extend(new.profiles.iter().filter(|(name, p)| old.profiles.get(*name) != Some(*p)).map(|(name, _)| name.clone()));
+    pub fn forget_changed(&mut self, old: &NodeView, new: &NodeView) {
+        let mut changed: Vec<String> = new.policies.iter().filter(|(id, p)| differs(old.policies.get(*id), p)).map(|(id, _)| id.name.clone()).collect();
+        changed.extend(new.profiles.iter().filter(|(name, p)| differs(old.profiles.get(*name), p)).map(|(n, _)| n.clone()));
         if !changed.is_empty() {
             self.invalidate(&changed);
         }
@@ -343,31 +312,52 @@ impl Compiler {
         self.programs.retain(|sig, _| !sig.iter().any(|s| suffixes.iter().any(|n| s.ends_with(n.as_str()))));
     }
 
-    fn ip_set(&mut self, cluster: &Cluster, sel: &Selector) -> Arc<IpSet> {
-        let namespaces = &self.namespaces;
-        self.ip_sets.entry(sel.to_string()).or_insert_with(|| Arc::new(IpSet::new(selector_members(cluster, namespaces, sel)))).clone()
-    }
-
-    fn named_set(&mut self, cluster: &Cluster, sel: Option<&Selector>, name: &str) -> Arc<NamedPortSet> {
-        let key = (sel.map(|s| s.to_string()).unwrap_or_default(), name.to_string());
-        let namespaces = &self.namespaces;
-        self.named_sets.entry(key).or_insert_with(|| Arc::new(NamedPortSet::new(named_port_members(cluster, namespaces, sel, name)))).clone()
-    }
-
-    fn side_checks(&mut self, cluster: &Cluster, m: &EntityMatch) -> SideChecks {
-        let named = (!m.named_ports.is_empty()).then(|| {
-            let sets = m.named_ports.iter().map(|n| self.named_set(cluster, m.selector.as_ref(), n)).collect();
-            (m.ports.clone(), sets)
-        });
-        SideChecks {
-            selector: m.selector.as_ref().map(|s| self.ip_set(cluster, s)),
-            not_selector: m.not_selector.as_ref().map(|s| self.ip_set(cluster, s)),
-            named,
-            not_named: m.not_named_ports.iter().map(|n| self.named_set(cluster, m.selector.as_ref(), n)).collect(),
+    /// Gives every set of `view` its members (only sets whose members are a new value are
+    /// touched) and forgets sets the view no longer has.
+    fn refresh_sets(&mut self, view: &NodeView) {
+        self.ip_sets.retain(|id, _| view.ip_sets.contains_key(id));
+        self.named_sets.retain(|id, _| view.ip_sets.contains_key(id));
+        for (id, members) in &view.ip_sets {
+            match &**members {
+                SetMembers::Nets(nets) => {
+                    let (seen, set) = self.ip_sets.entry(id.clone()).or_insert_with(unseen);
+                    if !Arc::ptr_eq(seen, members) {
+                        set.set(IpSetMembers::from_nets(nets));
+                        *seen = members.clone();
+                    }
+                }
+                SetMembers::NamedPorts(ports) => {
+                    let (seen, set) = self.named_sets.entry(id.clone()).or_insert_with(unseen);
+                    if !Arc::ptr_eq(seen, members) {
+                        set.set(ports.iter().copied().collect());
+                        *seen = members.clone();
+                    }
+                }
+            }
         }
     }
 
-    fn build(&mut self, cluster: &Cluster, chain: &Chain<'_>) -> Program {
+    /// A selector set by ID (empty until the view gives it members).
+    fn ip_set(&mut self, id: &str) -> Arc<IpSet> {
+        self.ip_sets.entry(id.to_string()).or_insert_with(unseen).1.clone()
+    }
+
+    /// A named-port set by ID (empty until the view gives it members).
+    fn named_set(&mut self, id: &str) -> Arc<NamedPortSet> {
+        self.named_sets.entry(id.to_string()).or_insert_with(unseen).1.clone()
+    }
+
+    fn side_checks(&mut self, m: &SetMatch) -> SideChecks {
+        let named = (!m.named_port_sets.is_empty()).then(|| (m.ports.clone(), m.named_port_sets.iter().map(|id| self.named_set(id)).collect()));
+        SideChecks {
+            sets: m.ip_sets.iter().map(|id| self.ip_set(id)).collect(),
+            not_sets: m.not_ip_sets.iter().map(|id| self.ip_set(id)).collect(),
+            named,
+            not_named: m.not_named_port_sets.iter().map(|id| self.named_set(id)).collect(),
+        }
+    }
+
+    fn build(&mut self, chain: &Chain<'_>) -> Program {
         let mut entries = Vec::new();
         let mut checks = Vec::new();
         let mut v4 = (Vec::new(), Vec::new());
@@ -386,7 +376,7 @@ impl Compiler {
                         segment_end: 0,
                         staged_group: staged.then_some(group),
                     });
-                    let c = Checks { src: self.side_checks(cluster, &rule.src), dst: self.side_checks(cluster, &rule.dst) };
+                    let c = Checks { src: self.side_checks(&rule.src), dst: self.side_checks(&rule.dst) };
                     let checked = !(c.src.is_empty() && c.dst.is_empty());
                     checks.push(checked.then(|| Box::new(c)));
                     if let Some(fields) = rule_fields::<u32>(rule, 4) {
@@ -428,7 +418,7 @@ impl Compiler {
 /// One tier (or profile) of a chain: its policies' rules for the direction.
 struct Segment<'a> {
     /// (policy or profile name, tier, rules, staged)
-    parts: Vec<(String, Option<String>, &'a [Rule], bool)>,
+    parts: Vec<(String, Option<String>, &'a [SetRule], bool)>,
     /// The tier whose default Deny ends the segment, if it has one.
     default_deny: Option<String>,
 }
@@ -443,39 +433,25 @@ struct Chain<'a> {
 }
 
 impl<'a> Chain<'a> {
-    fn of(index: &PolicyIndex<'a>, ep: &Endpoint, dir: Direction) -> Chain<'a> {
+    /// An endpoint's chain in one direction: untracked and pre-DNAT tiers (host endpoints, which
+    /// fall through), normal tiers, then profiles.
+    fn of(view: &'a NodeView, ep: &EndpointView, dir: Direction) -> Chain<'a> {
         let mut segments = Vec::new();
-        for stage in [Stage::Untracked, Stage::PreDnat, Stage::Normal] {
-            for view in index.tiers_for(ep, dir, stage) {
-                let tier = view.tier.name.clone();
-                let parts = view.policies.iter().map(|p| (p.name.clone(), Some(tier.clone()), p.rules(dir), p.is_staged())).collect();
-                let default_deny =
-                    (stage == Stage::Normal && view.has_enforced() && view.tier.default_action == TierDefault::Deny).then(|| tier.clone());
-                segments.push(Segment { parts, default_deny });
-            }
+        for (tiers, decisive) in [(&ep.untracked_tiers, false), (&ep.pre_dnat_tiers, false), (&ep.tiers, true)] {
+            segments.extend(tiers.iter().filter_map(|t| Segment::of(view, t, dir, decisive)));
         }
         let mut chain = Chain { segments, dir, end: EntryKind::NoProfileMatch };
-        chain.push_profiles(index.cluster(), ep, dir);
+        chain.push_profiles(view, ep, dir);
         chain
     }
 
     /// A host endpoint's chain: its tiers; then, as the evaluator ends it, nothing (untracked
     /// and pre-DNAT fall through), allow (forward chains without enforced policy), or profiles.
-    fn of_host(cluster: &'a Cluster, ep: &Endpoint, chain: HostChain) -> Chain<'a> {
+    fn of_host(view: &'a NodeView, ep: &EndpointView, chain: HostChain) -> Chain<'a> {
         let dir = chain.direction();
-        let views = cluster.host_tiers(ep, chain);
-        let enforced = views.iter().any(|v| v.has_enforced());
-        let decisive = !chain.falls_through();
-        let segments = views
-            .iter()
-            .map(|view| {
-                let tier = view.tier.name.clone();
-                Segment {
-                    parts: view.policies.iter().map(|p| (p.name.clone(), Some(tier.clone()), p.rules(dir), p.is_staged())).collect(),
-                    default_deny: (decisive && view.has_enforced() && view.tier.default_action == TierDefault::Deny).then_some(tier),
-                }
-            })
-            .collect();
+        let tiers = ep.chain_tiers(chain);
+        let enforced = tiers.iter().any(|t| t.policies(dir).iter().any(|p| !is_staged(p)));
+        let segments = tiers.iter().filter_map(|t| Segment::of(view, t, dir, !chain.falls_through())).collect();
         let end = match chain {
             HostChain::Untracked(_) | HostChain::PreDnat => EntryKind::FallThrough,
             HostChain::Forward(_) if !enforced => EntryKind::NoForwardPolicy,
@@ -483,15 +459,15 @@ impl<'a> Chain<'a> {
         };
         let mut c = Chain { segments, dir, end };
         if c.end == EntryKind::NoProfileMatch {
-            c.push_profiles(cluster, ep, dir);
+            c.push_profiles(view, ep, dir);
         }
         c
     }
 
-    fn push_profiles(&mut self, cluster: &'a Cluster, ep: &Endpoint, dir: Direction) {
+    fn push_profiles(&mut self, view: &'a NodeView, ep: &EndpointView, dir: Direction) {
         for pname in &ep.profiles {
-            if let Some(p) = cluster.profiles.get(pname) {
-                self.segments.push(Segment { parts: vec![(p.name.clone(), None, p.rules(dir), false)], default_deny: None });
+            if let Some(p) = view.profiles.get(pname) {
+                self.segments.push(Segment { parts: vec![(pname.clone(), None, p.rules(dir), false)], default_deny: None });
             }
         }
     }
@@ -508,6 +484,35 @@ impl<'a> Chain<'a> {
         }
         sig
     }
+}
+
+impl<'a> Segment<'a> {
+    /// A tier's policies for `dir` (none: no segment); its default Deny counts when `decisive`,
+    /// the default is Deny and an enforced policy applies. A policy the view lacks has no rules.
+    fn of(view: &'a NodeView, t: &TierInfo, dir: Direction, decisive: bool) -> Option<Segment<'a>> {
+        let names = t.policies(dir);
+        if names.is_empty() {
+            return None;
+        }
+        let parts = names.iter().map(|n| (n.clone(), Some(t.name.clone()), view.policy(&t.name, n).map_or(&[][..], |p| p.rules(dir)), is_staged(n))).collect();
+        let enforced = names.iter().any(|n| !is_staged(n));
+        let default_deny = (decisive && enforced && t.default_action == TierDefault::Deny).then(|| t.name.clone());
+        Some(Segment { parts, default_deny })
+    }
+}
+
+/// Whether `new` is new or differs from `old`.
+fn differs<T: PartialEq>(old: Option<&Arc<T>>, new: &Arc<T>) -> bool {
+    old.is_none_or(|o| !Arc::ptr_eq(o, new) && **o != **new)
+}
+
+/// A new, empty set whose members have not been given yet.
+fn unseen<S: Default>() -> (Arc<SetMembers>, Arc<S>) {
+    (Arc::new(SetMembers::Nets(Default::default())), Arc::default())
+}
+
+fn is_staged(policy: &str) -> bool {
+    policy.starts_with("staged:")
 }
 
 fn full_fields<K: Key>() -> [Intervals<K>; FIELDS] {
@@ -570,7 +575,7 @@ fn subtract<K: Key>(a: &[(K, K)], b: &[(K, K)]) -> Intervals<K> {
 
 /// The address field of an entity for one version: `None` when the rule cannot match it (as in
 /// Felix, nets or notNets that are all of the other version drop the rule for this version).
-fn addr_field<K: VersionKey>(m: &EntityMatch) -> Option<Intervals<K>> {
+fn addr_field<K: VersionKey>(m: &SetMatch) -> Option<Intervals<K>> {
     if (!m.nets.is_empty() && K::ranges(&m.nets).is_empty()) || (!m.not_nets.is_empty() && K::ranges(&m.not_nets).is_empty()) {
         return None;
     }
@@ -579,8 +584,8 @@ fn addr_field<K: VersionKey>(m: &EntityMatch) -> Option<Intervals<K>> {
     (!f.is_empty()).then_some(f)
 }
 
-fn port_field<K: VersionKey>(m: &EntityMatch) -> Intervals<K> {
-    let pos = if m.ports.is_empty() || !m.named_ports.is_empty() {
+fn port_field<K: VersionKey>(m: &SetMatch) -> Intervals<K> {
+    let pos = if m.ports.is_empty() || !m.named_port_sets.is_empty() {
         vec![(K::MIN, K::from_u16(u16::MAX))]
     } else {
         normalize(m.ports.iter().map(|r| (K::from_u16(r.first), K::from_u16(r.last))).collect())
@@ -597,7 +602,7 @@ fn icmp_range<K: VersionKey>(m: IcmpMatch) -> (K, K) {
 }
 
 /// The interval fields of a rule for IP version `v`, or `None` if it cannot match that version.
-fn rule_fields<K: VersionKey>(r: &Rule, v: u8) -> Option<[Intervals<K>; FIELDS]> {
+fn rule_fields<K: VersionKey>(r: &SetRule, v: u8) -> Option<[Intervals<K>; FIELDS]> {
     if r.ip_version.is_some_and(|x| x != v) {
         return None;
     }
@@ -622,28 +627,4 @@ fn rule_fields<K: VersionKey>(r: &Rule, v: u8) -> Option<[Intervals<K>; FIELDS]>
     }
     let fields = [src, dst, proto, sport, dport];
     fields.iter().all(|f| !f.is_empty()).then_some(fields)
-}
-
-/// Members of a selector's IP set: addresses of matching endpoints and CIDRs of matching network sets.
-fn selector_members(cluster: &Cluster, namespaces: &EndpointsByNamespace, sel: &Selector) -> IpSetMembers {
-    let nets = namespaces
-        .candidates(cluster, Some(sel))
-        .into_iter()
-        .filter(|e| sel.matches(&e.labels))
-        .flat_map(|e| e.ips.iter())
-        .chain(cluster.network_sets.iter().filter(|n| sel.matches(&n.labels)).flat_map(|n| n.nets.iter()));
-    IpSetMembers::from_nets(nets)
-}
-
-/// Members of a named-port set: `(ip, protocol, port)` of endpoints matching `sel` (all when `None`).
-fn named_port_members(cluster: &Cluster, namespaces: &EndpointsByNamespace, sel: Option<&Selector>, name: &str) -> NamedPortMembers {
-    let mut out = NamedPortMembers::new();
-    for e in namespaces.candidates(cluster, sel).into_iter().filter(|e| sel.is_none_or(|s| s.matches(&e.labels))) {
-        for p in e.ports.iter().filter(|p| p.name == name) {
-            for n in &e.ips {
-                out.insert((n.addr(), p.protocol, p.port));
-            }
-        }
-    }
-    out
 }

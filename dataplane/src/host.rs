@@ -23,7 +23,8 @@ use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use palisade_bpf::{FlowKey, FlowTable};
 use palisade_policy::eval::Flow;
 use palisade_policy::host::{final_chain, untracked_chain, Crossing, Failsafes};
-use palisade_policy::model::{proto, Cluster, Direction, Endpoint, EndpointKind, HostChain};
+use palisade_policy::calc::{EndpointView, NodeView};
+use palisade_policy::model::{proto, Direction, EndpointKind, HostChain};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -448,23 +449,15 @@ pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     Ok(out)
 }
 
-/// The host endpoint that applies to interface `iface` (with addresses `addrs`) on `node` (any
-/// node when unset): the one naming the interface; else one without an interface name whose
-/// expected IPs are on it; else an all-interfaces (`*`) one. Ties go to the first by name.
-pub fn endpoint_for<'a>(cluster: &'a Cluster, node: Option<&str>, iface: &str, addrs: &[IpAddr]) -> Option<&'a Endpoint> {
-    let heps: Vec<&Endpoint> = cluster
-        .endpoints
-        .iter()
-        .filter(|e| e.kind == EndpointKind::Host && node.is_none_or(|n| e.node.as_deref().is_none_or(|en| en == n)))
-        .collect();
-    let named = |want: &str| heps.iter().filter(|e| e.interface.as_deref() == Some(want)).min_by_key(|e| &e.name).copied();
+/// The host endpoint of a node's view that applies to interface `iface` (with addresses
+/// `addrs`): the one naming the interface; else one without an interface name whose expected
+/// IPs are on it; else an all-interfaces (`*`) one. Ties go to the first by name.
+pub fn endpoint_for<'a>(view: &'a NodeView, iface: &str, addrs: &[IpAddr]) -> Option<&'a EndpointView> {
+    // The view's endpoints are sorted by name: the first found wins ties.
+    let heps = || view.endpoints.values().map(|e| &**e).filter(|e| e.kind == EndpointKind::Host);
+    let named = |want: &str| heps().find(|e| e.interface.as_deref() == Some(want));
     named(iface)
-        .or_else(|| {
-            heps.iter()
-                .filter(|e| e.interface.as_deref().unwrap_or("").is_empty() && addrs.iter().any(|a| e.has_ip(*a)))
-                .min_by_key(|e| &e.name)
-                .copied()
-        })
+        .or_else(|| heps().find(|e| e.interface.as_deref().unwrap_or("").is_empty() && addrs.iter().any(|a| e.has_ip(*a))))
         .or_else(|| named("*"))
 }
 

@@ -13,6 +13,7 @@
 
 use palisade_dataplane::compile::{Compiler, Programs};
 use palisade_dataplane::host::{Decided, HostEndpoint};
+use palisade_policy::calc::NodeView;
 use palisade_policy::eval::{Decision, Evaluator, Flow};
 use palisade_policy::host::{self, parse_failsafes, Crossing, Failsafes, HostStep};
 use palisade_policy::load::{resource_from_value, Loaded};
@@ -307,9 +308,10 @@ proptest! {
     fn compiled_classifier_equals_reference_evaluator(docs in cluster_docs(), flows in prop::collection::vec(flow(), 24)) {
         let cluster = cluster_of(&docs);
         // The second compile reuses the first one's programs, as the agent does on every update.
+        let view = NodeView::compute(&cluster, None);
         let mut compiler = Compiler::new();
-        compiler.compile(&cluster, None);
-        let programs = compiler.compile(&cluster, None);
+        compiler.compile(&view);
+        let programs = compiler.compile(&view);
         programs_equal_evaluator(&cluster, &programs, &flows)?;
     }
 
@@ -318,22 +320,24 @@ proptest! {
     #[test]
     fn recompiled_classifier_equals_reference_evaluator(before in cluster_docs(), after in cluster_docs(), flows in prop::collection::vec(flow(), 16)) {
         let (old, cluster) = (cluster_of(&before), cluster_of(&after));
+        let (old_view, view) = (NodeView::compute(&old, None), NodeView::compute(&cluster, None));
         let mut compiler = Compiler::new();
-        compiler.compile(&old, None);
-        compiler.forget_changed(&old, &cluster);
-        let programs = compiler.compile(&cluster, None);
+        compiler.compile(&old_view);
+        compiler.forget_changed(&old_view, &view);
+        let programs = compiler.compile(&view);
         programs_equal_evaluator(&cluster, &programs, &flows)?;
     }
 
     #[test]
     fn compiled_host_chains_equal_reference_evaluator(docs in cluster_docs(), flows in prop::collection::vec(flow(), 24)) {
         let cluster = cluster_of(&docs);
+        let view = NodeView::compute(&cluster, None);
         let mut compiler = Compiler::new();
-        compiler.compile(&cluster, None);
+        compiler.compile(&view);
         let ev = Evaluator::new(&cluster);
         for ep in cluster.endpoints.iter().filter(|e| e.kind == EndpointKind::Host) {
             for chain in HostChain::ALL {
-                let prog = compiler.compile_host(&cluster, ep, chain);
+                let prog = compiler.compile_host(&view, &view.endpoints[&ep.name], chain);
                 for f in &flows {
                     let want = ev.host_chain(ep, chain, f, false);
                     let got = prog.classify(f);
@@ -357,11 +361,13 @@ proptest! {
             "default" => Failsafes::default(),
             list => Failsafes { inbound: parse_failsafes(list).unwrap(), outbound: parse_failsafes(list).unwrap() },
         };
+        let view = NodeView::compute(&cluster, None);
         let mut compiler = Compiler::new();
-        compiler.compile(&cluster, None);
+        compiler.compile(&view);
         let ev = Evaluator::new(&cluster);
         for ep in cluster.endpoints.iter().filter(|e| e.kind == EndpointKind::Host) {
-            let hep = HostEndpoint { name: ep.name.clone(), chains: HostChain::ALL.iter().map(|c| compiler.compile_host(&cluster, ep, *c)).collect() };
+            let hv = &view.endpoints[&ep.name];
+            let hep = HostEndpoint { name: ep.name.clone(), chains: HostChain::ALL.iter().map(|c| compiler.compile_host(&view, hv, *c)).collect() };
             for direction in [Direction::Ingress, Direction::Egress] {
                 for local in [true, false] {
                     let crossing = Crossing { direction, local };

@@ -6,6 +6,7 @@
 //! (failsafes, untracked, pre-DNAT, normal and forward chains). [`selector`] is Calico's label-selector
 //! language; [`flows`] reads the flow descriptions `palisadectl eval` takes.
 
+pub mod calc;
 pub mod convert;
 pub mod eval;
 pub mod flows;

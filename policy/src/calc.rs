@@ -1,0 +1,426 @@
+//! The per-node calculation: what one node must enforce, in the shape of Felix's dataplane
+//! protocol.
+//!
+//! From the whole [`Cluster`], a [`NodeView`] keeps only what a node's endpoints use:
+//! - its endpoints, each with its tiers and their policy names per direction, in order
+//!   (workloads one list; host endpoints normal, untracked, pre-DNAT and forward lists);
+//! - the active policies and profiles, whose rules refer to IP sets by ID instead of selectors;
+//! - the active IP sets: a selector's members (endpoint addresses and network-set CIDRs), or a
+//!   named port's `(address, protocol, port)` members.
+//!
+//! The control plane computes it for each subscribed node and streams the differences; the
+//! agent computes it for itself when it reads manifests; the compiler turns it into
+//! classifiers. A set's members can change without any policy changing, which is what keeps a
+//! new pod from recompiling anything.
+
+use crate::model::*;
+use crate::selector::Selector;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The match on one side (source or destination) of a rule, with selectors replaced by IP sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SetMatch {
+    /// CIDRs, one of which must contain the address (any address when empty).
+    pub nets: Vec<IpNet>,
+    /// CIDRs none of which may contain the address.
+    pub not_nets: Vec<IpNet>,
+    /// Port ranges; the port must be in one of them or in a named-port set (any port when both are empty).
+    pub ports: Vec<PortRange>,
+    /// Port ranges the port must not be in.
+    pub not_ports: Vec<PortRange>,
+    /// IP sets that must all contain the address.
+    pub ip_sets: Vec<String>,
+    /// IP sets none of which may contain the address.
+    pub not_ip_sets: Vec<String>,
+    /// Named-port sets, alternatives to `ports`.
+    pub named_port_sets: Vec<String>,
+    /// Named-port sets that may not contain the address, protocol and port.
+    pub not_named_port_sets: Vec<String>,
+}
+
+/// A rule as the dataplane receives it (Felix's `Rule` message).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SetRule {
+    /// What a match does.
+    pub action: Action,
+    /// 4 or 6 (both when unset).
+    pub ip_version: Option<u8>,
+    /// Protocol number.
+    pub protocol: Option<u8>,
+    /// Excluded protocol number.
+    pub not_protocol: Option<u8>,
+    /// ICMP type and code.
+    pub icmp: Option<IcmpMatch>,
+    /// Excluded ICMP type and code.
+    pub not_icmp: Option<IcmpMatch>,
+    /// Source match.
+    pub src: SetMatch,
+    /// Destination match.
+    pub dst: SetMatch,
+}
+
+/// A policy active on the node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActivePolicy {
+    /// Namespace of a namespaced policy.
+    pub namespace: Option<String>,
+    /// Ingress rules.
+    pub inbound: Vec<SetRule>,
+    /// Egress rules.
+    pub outbound: Vec<SetRule>,
+    /// `doNotTrack`.
+    pub untracked: bool,
+    /// `preDNAT`.
+    pub pre_dnat: bool,
+}
+
+impl ActivePolicy {
+    /// The rules for `dir`.
+    pub fn rules(&self, dir: Direction) -> &[SetRule] {
+        match dir {
+            Direction::Ingress => &self.inbound,
+            Direction::Egress => &self.outbound,
+        }
+    }
+}
+
+/// Identifies an active policy: its tier and name (Felix's `PolicyID`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyId {
+    /// Tier.
+    pub tier: String,
+    /// Policy name (`staged:`-prefixed for staged policies).
+    pub name: String,
+}
+
+impl PolicyId {
+    /// Whether the policy is staged (it never decides a verdict).
+    pub fn is_staged(&self) -> bool {
+        self.name.starts_with("staged:")
+    }
+}
+
+/// One tier of an endpoint's chain: the applicable policies per direction, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierInfo {
+    /// Tier name.
+    pub name: String,
+    /// What happens when its enforced policies decide nothing.
+    pub default_action: TierDefault,
+    /// Policies applying to ingress.
+    pub ingress: Vec<String>,
+    /// Policies applying to egress.
+    pub egress: Vec<String>,
+}
+
+impl TierInfo {
+    /// The policy names for `dir`.
+    pub fn policies(&self, dir: Direction) -> &[String] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// A local endpoint and its chains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointView {
+    /// `namespace/name` for workloads, the HostEndpoint's name for host endpoints.
+    pub name: String,
+    /// Workload or host.
+    pub kind: EndpointKind,
+    /// Interface (`*` for all-interfaces host endpoints).
+    pub interface: Option<String>,
+    /// Addresses (a host endpoint's expected IPs).
+    pub ips: Vec<IpNet>,
+    /// Profiles, in order.
+    pub profiles: Vec<String>,
+    /// Normal tiers.
+    pub tiers: Vec<TierInfo>,
+    /// Host endpoints: `doNotTrack` tiers.
+    pub untracked_tiers: Vec<TierInfo>,
+    /// Host endpoints: `preDNAT` tiers (ingress).
+    pub pre_dnat_tiers: Vec<TierInfo>,
+    /// Host endpoints: `applyOnForward` tiers.
+    pub forward_tiers: Vec<TierInfo>,
+}
+
+impl EndpointView {
+    /// The tiers a chain of this endpoint runs (a workload's chains are its normal tiers).
+    pub fn chain_tiers(&self, chain: HostChain) -> &[TierInfo] {
+        match chain {
+            HostChain::Untracked(_) => &self.untracked_tiers,
+            HostChain::PreDnat => &self.pre_dnat_tiers,
+            HostChain::Normal(_) => &self.tiers,
+            HostChain::Forward(_) => &self.forward_tiers,
+        }
+    }
+
+    /// Whether `ip` is one of the endpoint's addresses.
+    pub fn has_ip(&self, ip: IpAddr) -> bool {
+        self.ips.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Members of an IP set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetMembers {
+    /// Addresses and CIDRs (a selector's set).
+    Nets(BTreeSet<IpNet>),
+    /// `(address, protocol, port)` (a named port's set).
+    NamedPorts(BTreeSet<(IpAddr, u8, u16)>),
+}
+
+/// Everything one node enforces (see the module documentation).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeView {
+    /// Active IP sets by ID.
+    pub ip_sets: BTreeMap<String, Arc<SetMembers>>,
+    /// Active policies.
+    pub policies: BTreeMap<PolicyId, Arc<ActivePolicy>>,
+    /// Active profiles by name.
+    pub profiles: BTreeMap<String, Arc<ActiveProfile>>,
+    /// Local endpoints by name.
+    pub endpoints: BTreeMap<String, Arc<EndpointView>>,
+}
+
+/// A profile active on the node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActiveProfile {
+    /// Ingress rules.
+    pub inbound: Vec<SetRule>,
+    /// Egress rules.
+    pub outbound: Vec<SetRule>,
+}
+
+impl ActiveProfile {
+    /// The rules for `dir`.
+    pub fn rules(&self, dir: Direction) -> &[SetRule] {
+        match dir {
+            Direction::Ingress => &self.inbound,
+            Direction::Egress => &self.outbound,
+        }
+    }
+}
+
+/// The ID of a selector's IP set: `s:` and a hash of the canonical selector, as Felix names them.
+pub fn selector_set_id(sel: &Selector) -> String {
+    format!("s:{}", digest(&sel.to_string()))
+}
+
+/// The ID of a named port's set (`n:` and a hash of the selector scoping it and the port name).
+pub fn named_port_set_id(sel: Option<&Selector>, name: &str) -> String {
+    let sel = sel.map(|s| s.to_string()).unwrap_or_default();
+    format!("n:{}", digest(&format!("{sel}\u{0}{name}")))
+}
+
+fn digest(s: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let hash = sha2::Sha224::digest(s.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash[..21])
+}
+
+impl NodeView {
+    /// The view of `node` (every endpoint when `None`, as a standalone agent enforces them all).
+    pub fn compute<'c>(cluster: &'c Cluster, node: Option<&str>) -> NodeView {
+        let index = PolicyIndex::new(cluster);
+        let mut calc = Calc { cluster, namespaces: EndpointsByNamespace::new(cluster), view: NodeView::default() };
+        let tier_defaults: HashMap<&str, TierDefault> = cluster.tiers.iter().map(|t| (t.name.as_str(), t.default_action)).collect();
+        let mut used: BTreeMap<PolicyId, &'c Policy> = BTreeMap::new();
+        // Workloads live on one node; a host endpoint without a node applies on every node.
+        let local = |e: &Endpoint| match (node, e.kind) {
+            (None, _) => true,
+            (Some(n), EndpointKind::Workload) => e.node.as_deref() == Some(n),
+            (Some(n), EndpointKind::Host) => e.node.as_deref().is_none_or(|en| en == n),
+        };
+        for ep in cluster.endpoints.iter().filter(|e| local(e)) {
+            let mut collect = |views: [Vec<TierView<'c>>; 2]| -> Vec<TierInfo> {
+                let mut out: Vec<TierInfo> = Vec::new();
+                for (d, vs) in views.into_iter().enumerate() {
+                    for v in vs {
+                        let names: Vec<String> = v.policies.iter().map(|p| p.name.clone()).collect();
+                        for p in &v.policies {
+                            used.insert(PolicyId { tier: v.tier.name.clone(), name: p.name.clone() }, p);
+                        }
+                        let info = match out.iter_mut().find(|t| t.name == v.tier.name) {
+                            Some(t) => t,
+                            None => {
+                                out.push(TierInfo {
+                                    name: v.tier.name.clone(),
+                                    default_action: tier_defaults[v.tier.name.as_str()],
+                                    ingress: Vec::new(),
+                                    egress: Vec::new(),
+                                });
+                                out.last_mut().expect("pushed")
+                            }
+                        };
+                        if d == 0 {
+                            info.ingress = names;
+                        } else {
+                            info.egress = names;
+                        }
+                    }
+                }
+                // In tier order (a tier may only have egress policies, found second).
+                out.sort_by_key(|t| cluster.tiers.iter().position(|x| x.name == t.name));
+                out
+            };
+            use Direction::{Egress, Ingress};
+            let view = match ep.kind {
+                EndpointKind::Workload => EndpointView {
+                    tiers: collect([index.tiers_for(ep, Ingress, Stage::Normal), index.tiers_for(ep, Egress, Stage::Normal)]),
+                    ..EndpointView::of(ep)
+                },
+                EndpointKind::Host => EndpointView {
+                    tiers: collect([cluster.host_tiers(ep, HostChain::Normal(Ingress)), cluster.host_tiers(ep, HostChain::Normal(Egress))]),
+                    untracked_tiers: collect([
+                        cluster.host_tiers(ep, HostChain::Untracked(Ingress)),
+                        cluster.host_tiers(ep, HostChain::Untracked(Egress)),
+                    ]),
+                    pre_dnat_tiers: collect([cluster.host_tiers(ep, HostChain::PreDnat), Vec::new()]),
+                    forward_tiers: collect([cluster.host_tiers(ep, HostChain::Forward(Ingress)), cluster.host_tiers(ep, HostChain::Forward(Egress))]),
+                    ..EndpointView::of(ep)
+                },
+            };
+            for p in &ep.profiles {
+                if let Some(profile) = cluster.profiles.get(p) {
+                    if !calc.view.profiles.contains_key(p) {
+                        let active = ActiveProfile { inbound: calc.rules(&profile.ingress), outbound: calc.rules(&profile.egress) };
+                        calc.view.profiles.insert(p.clone(), Arc::new(active));
+                    }
+                }
+            }
+            calc.view.endpoints.insert(ep.name.clone(), Arc::new(view));
+        }
+        for (id, p) in used {
+            let active = ActivePolicy {
+                namespace: p.namespace.clone(),
+                inbound: calc.rules(&p.ingress),
+                outbound: calc.rules(&p.egress),
+                untracked: p.do_not_track,
+                pre_dnat: p.pre_dnat,
+            };
+            calc.view.policies.insert(id, Arc::new(active));
+        }
+        calc.view
+    }
+
+    /// A policy by tier and name.
+    pub fn policy(&self, tier: &str, name: &str) -> Option<&ActivePolicy> {
+        // BTreeMap lookups need an owned key; policies are few per chain, so this allocates little.
+        self.policies.get(&PolicyId { tier: tier.to_string(), name: name.to_string() }).map(|p| &**p)
+    }
+}
+
+impl EndpointView {
+    fn of(ep: &Endpoint) -> EndpointView {
+        EndpointView {
+            name: ep.name.clone(),
+            kind: ep.kind,
+            interface: ep.interface.clone(),
+            ips: ep.ips.clone(),
+            profiles: ep.profiles.clone(),
+            tiers: Vec::new(),
+            untracked_tiers: Vec::new(),
+            pre_dnat_tiers: Vec::new(),
+            forward_tiers: Vec::new(),
+        }
+    }
+}
+
+/// The state of one [`NodeView::compute`].
+struct Calc<'c> {
+    cluster: &'c Cluster,
+    namespaces: EndpointsByNamespace,
+    view: NodeView,
+}
+
+impl Calc<'_> {
+    fn rules(&mut self, rules: &[Rule]) -> Vec<SetRule> {
+        rules.iter().map(|r| self.rule(r)).collect()
+    }
+
+    fn rule(&mut self, r: &Rule) -> SetRule {
+        SetRule {
+            action: r.action,
+            ip_version: r.ip_version,
+            protocol: r.protocol,
+            not_protocol: r.not_protocol,
+            icmp: r.icmp,
+            not_icmp: r.not_icmp,
+            src: self.side(&r.src),
+            dst: self.side(&r.dst),
+        }
+    }
+
+    fn side(&mut self, m: &EntityMatch) -> SetMatch {
+        SetMatch {
+            nets: m.nets.clone(),
+            not_nets: m.not_nets.clone(),
+            ports: m.ports.clone(),
+            not_ports: m.not_ports.clone(),
+            ip_sets: m.selector.iter().map(|s| self.selector_set(s)).collect(),
+            not_ip_sets: m.not_selector.iter().map(|s| self.selector_set(s)).collect(),
+            named_port_sets: m.named_ports.iter().map(|n| self.named_port_set(m.selector.as_ref(), n)).collect(),
+            not_named_port_sets: m.not_named_ports.iter().map(|n| self.named_port_set(m.selector.as_ref(), n)).collect(),
+        }
+    }
+
+    fn selector_set(&mut self, sel: &Selector) -> String {
+        let id = selector_set_id(sel);
+        if !self.view.ip_sets.contains_key(&id) {
+            let nets = self
+                .namespaces
+                .candidates(self.cluster, Some(sel))
+                .filter(|e| sel.matches(&e.labels))
+                .flat_map(|e| e.ips.iter().copied())
+                .chain(self.cluster.network_sets.iter().filter(|n| sel.matches(&n.labels)).flat_map(|n| n.nets.iter().copied()))
+                .collect();
+            self.view.ip_sets.insert(id.clone(), Arc::new(SetMembers::Nets(nets)));
+        }
+        id
+    }
+
+    fn named_port_set(&mut self, sel: Option<&Selector>, name: &str) -> String {
+        let id = named_port_set_id(sel, name);
+        if !self.view.ip_sets.contains_key(&id) {
+            let mut members = BTreeSet::new();
+            for e in self.namespaces.candidates(self.cluster, sel).filter(|e| sel.is_none_or(|s| s.matches(&e.labels))) {
+                for p in e.ports.iter().filter(|p| p.name == name) {
+                    members.extend(e.ips.iter().map(|n| (n.addr(), p.protocol, p.port)));
+                }
+            }
+            self.view.ip_sets.insert(id.clone(), Arc::new(SetMembers::NamedPorts(members)));
+        }
+        id
+    }
+}
+
+/// Endpoints (indices into the cluster's) by namespace: the only ones a namespaced selector can
+/// match, so computing its members skips the rest of the cluster.
+struct EndpointsByNamespace(HashMap<String, Vec<usize>>);
+
+impl EndpointsByNamespace {
+    fn new(cluster: &Cluster) -> Self {
+        let mut map: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in cluster.endpoints.iter().enumerate() {
+            if let Some(ns) = e.labels.get(LABEL_NAMESPACE) {
+                map.entry(ns.clone()).or_default().push(i);
+            }
+        }
+        EndpointsByNamespace(map)
+    }
+
+    /// The endpoints that can match `sel` (all when `None`).
+    fn candidates<'a>(&'a self, cluster: &'a Cluster, sel: Option<&Selector>) -> Box<dyn Iterator<Item = &'a Endpoint> + 'a> {
+        match sel.and_then(|s| s.required_value(LABEL_NAMESPACE)) {
+            Some(ns) => Box::new(self.0.get(ns).into_iter().flatten().map(move |&i| &cluster.endpoints[i])),
+            None => Box::new(cluster.endpoints.iter()),
+        }
+    }
+}
