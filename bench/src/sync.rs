@@ -8,6 +8,7 @@
 //! `apply` call to each subscriber receiving the new state).
 
 use crate::forward;
+use palisade_control::proto::felix::to_dataplane::Payload;
 use palisade_control::proto::sync_client::SyncClient;
 use palisade_control::proto::{ApplyRequest, SubscribeRequest};
 use palisade_control::tls::Security;
@@ -40,7 +41,7 @@ pub struct FanOut {
     pub delta_max_ms: f64,
     /// Resident memory of `palisade-control` after the change, MiB.
     pub server_rss_mib: f64,
-    /// Bytes of one state message.
+    /// Bytes of one agent's snapshot (its messages up to InSync).
     pub state_bytes: usize,
 }
 
@@ -113,31 +114,34 @@ impl SyncRig {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", dataplane.display()))?;
         let result = (|| {
-            let revision = || read_stats(&stats).ok().and_then(|v| v["status"]["revision"].as_u64()).unwrap_or(0);
-            let wait = |above: u64, limit: Duration| -> Result<u64, String> {
+            // The datastore revision the agent enforces, once in sync.
+            let applied = || {
+                read_stats(&stats)
+                    .ok()
+                    .filter(|v| v["status"]["in_sync"].as_bool() == Some(true))
+                    .and_then(|v| v["status"]["applied_revision"].as_i64())
+                    .unwrap_or(0)
+            };
+            let wait = |revision: i64, limit: Duration| -> Result<(), String> {
                 let deadline = Instant::now() + limit;
-                loop {
-                    let r = revision();
-                    if r > above {
-                        return Ok(r);
-                    }
+                while applied() < revision {
                     if Instant::now() > deadline {
-                        return Err(format!("the agent did not pass revision {above} within {limit:?}"));
+                        return Err(format!("the agent did not apply revision {revision} within {limit:?}"));
                     }
                     std::thread::sleep(Duration::from_micros(500));
                 }
+                Ok(())
             };
-            wait(0, Duration::from_secs(60))?;
+            wait(1, Duration::from_secs(60))?;
             let mut times = Vec::with_capacity(changes);
             for i in 0..changes {
-                let before = revision();
                 let policy = format!(
                     "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: toggle}}\nspec:\n  selector: app == 'sink'\n  order: 1\n  types: [Ingress]\n  ingress:\n    - {{action: Deny, protocol: TCP, destination: {{ports: [{}]}}}}\n",
                     1000 + i
                 );
                 let t = Instant::now();
-                self.apply(policy)?;
-                wait(before, Duration::from_secs(30))?;
+                let revision = self.apply(policy)?;
+                wait(revision, Duration::from_secs(30))?;
                 times.push(t.elapsed());
             }
             Ok(times)
@@ -155,7 +159,8 @@ impl SyncRig {
         self.in_ns(move |url| {
             Box::pin(async move {
                 let start = Instant::now();
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, i64, Instant, usize)>();
+                // (agent, revision, arrival, bytes, whether it is the snapshot's InSync)
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, i64, Instant, usize, bool)>();
                 let mut tasks = Vec::new();
                 for a in 0..agents {
                     let (url, tx) = (url.clone(), tx.clone());
@@ -164,7 +169,8 @@ impl SyncRig {
                         let mut stream = client.subscribe(SubscribeRequest { node: format!("node{a}") }).await.map_err(|e| e.to_string())?.into_inner();
                         while let Some(m) = stream.message().await.map_err(|e| e.to_string())? {
                             let bytes = prost::Message::encoded_len(&m);
-                            if tx.send((a, m.revision, Instant::now(), bytes)).is_err() {
+                            let in_sync = matches!(m.payload, Some(Payload::InSync(_)));
+                            if tx.send((a, m.palisade_revision, Instant::now(), bytes, in_sync)).is_err() {
                                 break;
                             }
                         }
@@ -173,19 +179,18 @@ impl SyncRig {
                 }
                 drop(tx);
                 // Everyone holds the snapshot.
-                let mut have = vec![0i64; agents];
+                let mut snapshot_bytes = vec![0usize; agents];
                 let mut synced = 0;
-                let mut state_bytes = 0;
                 let mut initial = 0.0;
                 while synced < agents {
-                    let Some((a, rev, at, bytes)) = rx.recv().await else { return Err("subscribers ended".to_string()) };
-                    if have[a] == 0 {
+                    let Some((a, _, at, bytes, in_sync)) = rx.recv().await else { return Err("subscribers ended".to_string()) };
+                    snapshot_bytes[a] += bytes;
+                    if in_sync {
                         synced += 1;
                         initial = (at - start).as_secs_f64() * 1e3;
-                        state_bytes = bytes;
                     }
-                    have[a] = rev;
                 }
+                let state_bytes = snapshot_bytes.iter().sum::<usize>() / agents;
                 let change = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: fan-out-change}\nspec:\n  selector: all()\n  types: [Ingress]\n  ingress: [{action: Allow}]\n";
                 let mut c = palisade_control::client::store(&url, &Security::Plaintext).await?;
                 let t = Instant::now();
@@ -193,7 +198,7 @@ impl SyncRig {
                 let mut latency = vec![None; agents];
                 let mut done = 0;
                 while done < agents {
-                    let Some((a, rev, at, _)) = rx.recv().await else { return Err("subscribers ended".to_string()) };
+                    let Some((a, rev, at, _, _)) = rx.recv().await else { return Err("subscribers ended".to_string()) };
                     if rev >= revision && latency[a].is_none() {
                         latency[a] = Some((at - t).as_secs_f64() * 1e3);
                         done += 1;

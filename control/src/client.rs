@@ -1,10 +1,10 @@
-//! Clients of the control plane: `palisadectl` (the store) and the node agent (the sync stream,
-//! followed from a thread of its own with reconnection).
+//! Clients of the control plane: `palisadectl` (the store) and the node agent (its node's sync
+//! stream, followed from a thread of its own with reconnection).
 
+use crate::proto::felix::ToDataplane;
 use crate::proto::store_client::StoreClient;
 use crate::proto::sync_client::SyncClient;
 use crate::proto::SubscribeRequest;
-use crate::store::{Key, State, Stored};
 use crate::tls::{self, Security};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -27,10 +27,21 @@ pub async fn store(url: &str, security: &Security) -> Result<StoreClient<Channel
     Ok(StoreClient::new(channel(url, security).await?))
 }
 
-/// Follows the state for `node` from the control plane at `url` in a thread of its own: every
-/// state it receives is sent on the returned channel. It reconnects (backing off from 100 ms to
-/// 2 s) whenever the stream breaks, and stops when `stop` is set or the receiver is dropped.
-pub fn follow(url: String, node: String, security: Security, stop: Arc<AtomicBool>) -> std::io::Result<mpsc::Receiver<State>> {
+/// What the sync thread passes on to the agent.
+#[derive(Debug)]
+pub enum Event {
+    /// A new stream began: a fresh snapshot follows (the agent stages it from scratch and keeps
+    /// enforcing what it has until that snapshot's `InSync`).
+    Restarted,
+    /// A message of the stream.
+    Message(ToDataplane),
+}
+
+/// Follows `node`'s view from the control plane at `url` in a thread of its own: every message
+/// is sent on the returned channel, each new stream announced by [`Event::Restarted`]. It
+/// reconnects (backing off from 100 ms to 2 s) whenever the stream breaks, and stops when `stop`
+/// is set or the receiver is dropped.
+pub fn follow(url: String, node: String, security: Security, stop: Arc<AtomicBool>) -> std::io::Result<mpsc::Receiver<Event>> {
     let (tx, rx) = mpsc::channel();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("palisade-sync".into()).spawn(move || {
@@ -54,26 +65,24 @@ async fn stream(
     url: &str,
     node: &str,
     security: &Security,
-    tx: &mpsc::Sender<State>,
+    tx: &mpsc::Sender<Event>,
     stop: &AtomicBool,
     backoff: &mut Duration,
 ) -> Result<(), String> {
     let mut client = SyncClient::new(channel(url, security).await?).max_decoding_message_size(1 << 30);
     let mut updates = client.subscribe(SubscribeRequest { node: node.to_string() }).await.map_err(|e| e.to_string())?.into_inner();
+    if tx.send(Event::Restarted).is_err() {
+        return Ok(());
+    }
     loop {
         let next = tokio::time::timeout(Duration::from_millis(200), updates.message()).await;
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
         let Ok(next) = next else { continue };
-        let Some(update) = next.map_err(|e| e.to_string())? else { return Err("the stream ended".into()) };
+        let Some(msg) = next.map_err(|e| e.to_string())? else { return Err("the stream ended".into()) };
         *backoff = Duration::from_millis(100);
-        let mut state = State { revision: update.revision, ..State::default() };
-        for r in update.resources {
-            let doc = serde_json::from_str(&r.json).map_err(|e| format!("{} {}: {e}", r.kind, r.name))?;
-            state.resources.insert(Key { kind: r.kind, namespace: r.namespace, name: r.name }, Stored { doc, revision: r.revision });
-        }
-        if tx.send(state).is_err() {
+        if tx.send(Event::Message(msg)).is_err() {
             return Ok(());
         }
     }

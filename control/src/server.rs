@@ -4,15 +4,20 @@
 //! A write is validated against the whole state it would produce — every manifest must load and
 //! the result must build a cluster — and refused whole otherwise, with the errors naming the
 //! resource and field; the datastore is never left holding a state agents cannot enforce.
-//! `Sync` sends the current state, then a new one after every change; a slow subscriber skips
-//! intermediate states and gets the latest (each message is complete).
+//! `Sync` sends each agent its node's view (`palisade_policy::calc`) as Felix's dataplane
+//! messages: a snapshot, `InSync`, then the differences after every change. A slow subscriber
+//! skips intermediate states and is sent the difference to the latest.
 
+use crate::felix;
+use crate::proto::felix::{to_dataplane::Payload, InSync, ToDataplane};
 use crate::proto::store_server::{Store, StoreServer};
 use crate::proto::sync_server::{Sync, SyncServer};
-use crate::proto::{self, ApplyReply, ApplyRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, StateUpdate, SubscribeRequest};
+use crate::proto::{self, ApplyReply, ApplyRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, SubscribeRequest};
 use crate::store::{Change, Datastore, Key, State};
 use crate::tls::Security;
+use palisade_policy::calc::NodeView;
 use palisade_policy::load::parse_documents;
+use palisade_policy::model::Cluster;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,39 +26,43 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-/// The control plane: a datastore and the state it publishes.
+/// The control plane: a datastore, the state it publishes, and that state's cluster model.
 #[derive(Clone)]
 pub struct Control {
     ds: Arc<dyn Datastore>,
     state: watch::Receiver<Arc<State>>,
-    encoded: Arc<Encoded>,
+    clusters: Arc<Clusters>,
 }
 
-/// The state message of the latest revision, built once for every subscriber.
+/// The cluster model of the latest state, built once per revision for every subscriber.
 #[derive(Default)]
-struct Encoded(std::sync::Mutex<Option<Arc<StateUpdate>>>);
+struct Clusters(tokio::sync::Mutex<Option<(i64, Arc<Cluster>)>>);
 
-impl Encoded {
-    fn update(&self, state: &State) -> Arc<StateUpdate> {
-        let mut cached = self.0.lock().expect("lock");
-        match cached.as_ref() {
-            Some(u) if u.revision == state.revision => u.clone(),
-            _ => {
-                let resources = state.resources.iter().map(|(k, s)| to_proto(k, &s.doc, s.revision)).collect();
-                let u = Arc::new(StateUpdate { revision: state.revision, resources });
-                *cached = Some(u.clone());
-                u
-            }
+impl Clusters {
+    async fn of(&self, state: Arc<State>) -> Result<Arc<Cluster>, String> {
+        let mut cached = self.0.lock().await;
+        if let Some((revision, c)) = cached.as_ref().filter(|(r, _)| *r == state.revision) {
+            debug_assert_eq!(*revision, state.revision);
+            return Ok(c.clone());
         }
+        let revision = state.revision;
+        let built = tokio::task::spawn_blocking(move || state.cluster()).await.map_err(|e| e.to_string())?;
+        let cluster = Arc::new(built.map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?);
+        *cached = Some((revision, cluster.clone()));
+        Ok(cluster)
     }
 }
+
+/// Messages buffered for one subscriber; a subscriber that falls further behind holds back only
+/// its own stream, and is sent the difference to the latest state when it catches up.
+const SUBSCRIBER_BUFFER: usize = 1024;
 
 impl Control {
     /// Starts following `ds` (on the current tokio runtime).
     pub fn start(ds: Arc<dyn Datastore>) -> Control {
         let (tx, state) = watch::channel(Arc::new(State::default()));
         tokio::spawn(ds.clone().run(tx));
-        Control { ds, state, encoded: Arc::default() }
+        Control { ds, state, clusters: Arc::default() }
     }
 
     /// Serves both services on `listener` until the future is dropped, with mutual TLS when
@@ -169,7 +178,7 @@ impl Store for Control {
     }
 }
 
-type UpdateStream = Pin<Box<dyn Stream<Item = Result<StateUpdate, Status>> + Send>>;
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<ToDataplane, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Sync for Control {
@@ -177,38 +186,59 @@ impl Sync for Control {
 
     async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<UpdateStream>, Status> {
         let node = req.into_inner().node;
+        if node.is_empty() {
+            return Err(Status::invalid_argument("subscribe needs the agent's node name"));
+        }
         eprintln!("palisade-control: node {node:?} subscribed");
-        let mut rx = self.state.clone();
-        let encoded = self.encoded.clone();
-        let stream = async_stream(move |tx| async move {
-            // Wait for the first loaded state, then send every change.
-            loop {
-                let state = rx.borrow_and_update().clone();
-                if state.revision > 0 {
-                    let update = encoded.update(&state);
-                    if tx.send(Ok((*update).clone())).await.is_err() {
-                        return;
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(stream))
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_BUFFER);
+        tokio::spawn(follow_node(node, self.state.clone(), self.clusters.clone(), tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 
-/// A stream fed by a task through a channel of one message (a slow reader holds back its own
-/// task only; the state it reads next is the latest).
-fn async_stream<F, Fut>(f: F) -> UpdateStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<StateUpdate, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+/// Streams `node`'s view: the snapshot and `InSync`, then after every change of state the
+/// messages that turn the view sent last into the new one (none when the change does not touch
+/// the node). Ends when the subscriber goes away.
+async fn follow_node(
+    node: String,
+    mut state: watch::Receiver<Arc<State>>,
+    clusters: Arc<Clusters>,
+    tx: tokio::sync::mpsc::Sender<Result<ToDataplane, Status>>,
+) {
+    let mut sent = NodeView::default();
+    let mut sequence = 0u64;
+    let mut synced = false;
+    loop {
+        let current = state.borrow_and_update().clone();
+        if current.revision > 0 {
+            let revision = current.revision;
+            match clusters.of(current).await {
+                Ok(cluster) => {
+                    let n = node.clone();
+                    let Ok(view) = tokio::task::spawn_blocking(move || NodeView::compute(&cluster, Some(&n))).await else { return };
+                    let mut payloads = felix::diff(&sent, &view);
+                    if !synced {
+                        payloads.push(Payload::InSync(InSync {}));
+                        synced = true;
+                    }
+                    for payload in payloads {
+                        sequence += 1;
+                        let msg = ToDataplane { sequence_number: sequence, payload: Some(payload), palisade_revision: revision };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    sent = view;
+                }
+                // Stored states were validated when written; a directory edited by hand is
+                // validated before it is published. Keep the last view.
+                Err(e) => eprintln!("palisade-control: revision {revision} does not build, node {node:?} keeps the last one: {e}"),
+            }
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs a control plane on `addr` with `ds` until the process ends (the binary's main loop).

@@ -101,12 +101,12 @@ fn apply_through_the_control_plane_enforces_on_traffic_across_restarts() {
     let blocked = || (0..3).all(|_| !probe(&a, b_ip, Protocol::Tcp, 80, denied).expect("probe"));
     assert!(reaches(), "no policy: a reaches b\n{}", dp.log());
 
-    // Runs palisadectl and waits for the agent to enforce a newer revision (read before the
-    // change: the agent may well be faster than palisadectl's return).
+    // Runs palisadectl and waits for the agent to apply the datastore revision it wrote.
     let change = |dp: &mut Dataplane, args: &[&str]| {
-        let before = dp.revision();
-        palisadectl(args);
-        dp.wait_for(before + 1, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", dp.log()));
+        let out = palisadectl(args);
+        let revision = out.split("(revision ").filter_map(|r| r.split(')').next()?.parse::<i64>().ok()).max();
+        let revision = revision.unwrap_or_else(|| panic!("palisadectl printed no revision:\n{out}"));
+        dp.wait_for_applied(revision, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", dp.log()));
     };
     change(&mut dp, &["apply", "-f", &deny]);
     assert!(blocked(), "after palisadectl apply, the deny is enforced");

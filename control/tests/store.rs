@@ -1,21 +1,24 @@
 //! The control plane against a real etcd (Debian's etcd-server, started on loopback by the test):
-//! writes are validated whole, read back, deleted; subscribers get every state in order and
-//! reconnect after the control plane restarts; after etcd restarts the control plane resumes and
+//! writes are validated whole, read back, deleted; a subscribing node gets its view (as Felix's
+//! dataplane messages) after every change and reconnects after the control plane restarts; after etcd restarts the control plane resumes and
 //! keeps serving. Also the manifests-directory datastore: read-only, watched, a bad file keeps
 //! the last good state.
 
-use palisade_control::client;
+use palisade_control::client::{self, Event};
+use palisade_control::felix;
 use palisade_control::proto::{ApplyRequest, DeleteRequest, GetRequest};
 use palisade_control::server::Control;
-use palisade_control::store::{Datastore, DirStore, EtcdStore, State};
+use palisade_control::store::{Datastore, DirStore, EtcdStore};
 use palisade_control::tls::{self, Security};
 use palisade_lab::etcd::Etcd;
+use palisade_policy::calc::NodeView;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {env: prod}}\n";
+const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {env: prod}}\n---
+apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: prod, labels: {app: web}}\nspec: {nodeName: node1}\nstatus: {podIP: 10.0.0.1}\n";
 const POLICY: &str =
     "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-web}\nspec:\n  selector: app == 'web'\n  types: [Ingress]\n";
 const BAD: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: broken}\nspec:\n  selector: \"app == \"\n";
@@ -67,16 +70,36 @@ impl Server {
     }
 }
 
-/// Waits for a state with at least `revision` from a follower.
-fn next_state(rx: &Receiver<State>, revision: i64) -> State {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let s = rx.recv_timeout(left).unwrap_or_else(|e| panic!("no state with revision >= {revision}: {e}"));
-        if s.revision >= revision {
-            return s;
+/// An agent's side of the sync stream: node1's view, rebuilt from the messages.
+struct Follower {
+    events: Receiver<Event>,
+    view: felix::Receiver,
+}
+
+impl Follower {
+    fn new(url: &str, stop: &Arc<AtomicBool>) -> Follower {
+        let events = client::follow(url.to_string(), "node1".into(), Security::Plaintext, stop.clone()).expect("follow");
+        Follower { events, view: felix::Receiver::new() }
+    }
+
+    /// Waits until the view is in sync at `revision` or later.
+    fn at(&mut self, revision: i64) -> NodeView {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(v) = self.view.view().filter(|_| self.view.in_sync() && self.view.revision() >= revision) {
+                return v.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left).unwrap_or_else(|e| panic!("no view at revision {revision}: {e}")) {
+                Event::Restarted => self.view.restart(),
+                Event::Message(m) => self.view.apply(m).expect("the control plane sends valid messages"),
+            }
         }
     }
+}
+
+fn policies(v: &NodeView) -> Vec<&str> {
+    v.policies.keys().map(|id| id.name.as_str()).collect()
 }
 
 #[test]
@@ -85,13 +108,14 @@ fn etcd_store_validates_writes_streams_states_and_survives_restarts() {
     let ds: Arc<dyn Datastore> = Arc::new(EtcdStore::new(vec![etcd.url()], "/palisade/v1/"));
     let server = serve(ds.clone(), 0);
     let stop = Arc::new(AtomicBool::new(false));
-    let follower = client::follow(server.url.clone(), "node1".into(), Security::Plaintext, stop.clone()).expect("follow");
+    let mut follower = Follower::new(&server.url, &stop);
 
     let r1 = server.apply(&format!("{NS}---\n{POLICY}")).expect("valid manifests are stored");
     assert_eq!(server.names("GlobalNetworkPolicy"), ["deny-web"]);
     assert_eq!(server.names("namespace"), ["prod"], "kinds are case-insensitive");
-    let s = next_state(&follower, r1);
-    assert_eq!(s.resources.len(), 2, "the subscriber gets the whole state: {s:?}");
+    let v = follower.at(r1);
+    assert_eq!(v.endpoints.keys().collect::<Vec<_>>(), ["prod/web"], "node1's pod: {v:?}");
+    assert_eq!(policies(&v), ["deny-web"], "the policy selecting it: {v:?}");
 
     let err = server.apply(BAD).expect_err("an invalid policy is refused");
     assert!(err.contains("GlobalNetworkPolicy broken") && err.contains("spec.selector"), "the error names resource and field: {err}");
@@ -105,8 +129,8 @@ fn etcd_store_validates_writes_streams_states_and_survives_restarts() {
     assert_eq!(server.names("GlobalNetworkPolicy"), ["deny-web"], "the state survived the control plane's restart");
     let r2 = server.delete("GlobalNetworkPolicy", "deny-web").expect("delete");
     assert!(r2 > r1);
-    let s = next_state(&follower, r2);
-    assert_eq!(s.resources.len(), 1, "the reconnected subscriber sees the deletion: {s:?}");
+    let v = follower.at(r2);
+    assert!(v.policies.is_empty() && v.endpoints[&"prod/web".to_string()].tiers.is_empty(), "the reconnected subscriber sees the deletion: {v:?}");
 
     // etcd goes away: writes fail cleanly; back on the same data, the control plane resumes.
     etcd.stop();
@@ -121,8 +145,8 @@ fn etcd_store_validates_writes_streams_states_and_survives_restarts() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(r3 > r2, "revisions keep growing across the restart");
-    let s = next_state(&follower, r3);
-    assert_eq!(s.resources.len(), 2, "the resumed watch delivered the new policy: {s:?}");
+    let v = follower.at(r3);
+    assert_eq!(policies(&v), ["deny-web"], "the resumed watch delivered the new policy: {v:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -132,24 +156,24 @@ fn manifests_directory_is_watched_and_read_only() {
     std::fs::write(dir.path().join("ns.yaml"), NS).expect("write");
     let server = serve(Arc::new(DirStore::new(dir.path().to_path_buf())), 0);
     let stop = Arc::new(AtomicBool::new(false));
-    let follower = client::follow(server.url.clone(), "node1".into(), Security::Plaintext, stop.clone()).expect("follow");
-    let s = next_state(&follower, 1);
-    assert_eq!(s.resources.len(), 1);
+    let mut follower = Follower::new(&server.url, &stop);
+    let v = follower.at(1);
+    assert_eq!((v.endpoints.len(), v.policies.len()), (1, 0), "{v:?}");
 
     let err = server.apply(POLICY).expect_err("read-only");
     assert!(err.contains("manifests directory"), "{err}");
 
     std::fs::write(dir.path().join("policy.yaml"), POLICY).expect("write");
-    let s = next_state(&follower, 2);
-    assert_eq!(s.resources.len(), 2, "an added file is picked up");
+    let v = follower.at(2);
+    assert_eq!(policies(&v), ["deny-web"], "an added file is picked up");
 
     std::fs::write(dir.path().join("broken.yaml"), BAD).expect("write");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(server.names("GlobalNetworkPolicy"), ["deny-web"], "a bad file keeps the last good state");
     std::fs::remove_file(dir.path().join("broken.yaml")).expect("rm");
     std::fs::write(dir.path().join("policy.yaml"), POLICY.replace("deny-web", "deny-web-2")).expect("write");
-    let s = next_state(&follower, 3);
-    assert!(s.resources.keys().any(|k| k.name == "deny-web-2"), "edits apply: {s:?}");
+    let v = follower.at(3);
+    assert_eq!(policies(&v), ["deny-web-2"], "edits apply: {v:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 

@@ -18,8 +18,10 @@ use crate::worker::{Command, Wait, Worker};
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use palisade_bpf::{Mode, Redirector};
-use palisade_policy::host::Failsafes;
+use palisade_control::client::Event;
+use palisade_control::felix::Receiver;
 use palisade_policy::calc::NodeView;
+use palisade_policy::host::Failsafes;
 use palisade_policy::model::{workload_mac, Direction, EndpointKind, HostChain};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -65,12 +67,26 @@ pub enum Source {
     Files(Vec<PathBuf>),
     /// A `palisade-control` at this URL, followed over gRPC (with mutual TLS when given).
     Control(String, palisade_control::tls::Security),
+    /// A Calico Felix driving the agent as its external dataplane: `ToDataplane` messages on
+    /// file descriptor 3, `FromDataplane` reports on file descriptor 4.
+    FelixDriver,
 }
 
-/// The state as it arrives from a [`Source`].
+/// The node's view as it arrives from a [`Source`].
 enum Feed {
+    /// Manifests: the view is computed here.
     Files(Vec<PathBuf>, palisade_policy::load::Stamp),
-    Control(std::sync::mpsc::Receiver<palisade_control::store::State>),
+    /// Felix's dataplane messages (from a control plane or a Felix), rebuilt into the view.
+    Messages(std::sync::mpsc::Receiver<Event>, Receiver),
+}
+
+/// What [`Feed::next`] found.
+#[derive(Default)]
+struct Next {
+    /// A new view to enforce.
+    view: Option<NodeView>,
+    /// Why a new state or message was refused (the rest stays as it was).
+    error: Option<String>,
 }
 
 fn messages(errs: &[palisade_policy::Error]) -> String {
@@ -78,51 +94,92 @@ fn messages(errs: &[palisade_policy::Error]) -> String {
 }
 
 impl Feed {
-    /// Starts reading `source`; returns the first view of `node` (waiting for it from a control plane).
+    /// Starts reading `source`; returns the first view of `node` (waiting for a message stream's
+    /// first `InSync`).
     fn start(source: &Source, node: Option<&str>, stop: &Arc<AtomicBool>) -> Result<(Feed, NodeView), String> {
-        match source {
+        let events = match source {
             Source::Files(paths) => {
                 let stamp = palisade_policy::load::stamp(paths);
                 let cluster = palisade_policy::load_cluster(paths).map_err(|e| messages(&e))?;
-                Ok((Feed::Files(paths.clone(), stamp), NodeView::compute(&cluster, node)))
+                return Ok((Feed::Files(paths.clone(), stamp), NodeView::compute(&cluster, node)));
             }
             Source::Control(url, security) => {
-                let rx = palisade_control::client::follow(url.clone(), node.unwrap_or_default().to_string(), security.clone(), stop.clone())
-                    .map_err(|e| e.to_string())?;
-                loop {
-                    match rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(state) => match state.cluster() {
-                            Ok(c) => return Ok((Feed::Control(rx), NodeView::compute(&c, node))),
-                            Err(e) => eprintln!("palisade-dataplane: rejected revision {} from the control plane:\n{}", state.revision, messages(&e)),
-                        },
-                        Err(_) if stop.load(Ordering::Relaxed) => return Err("stopped before the first state arrived".into()),
-                        Err(_) => {}
-                    }
-                }
+                palisade_control::client::follow(url.clone(), node.unwrap_or_default().to_string(), security.clone(), stop.clone())
+                    .map_err(|e| e.to_string())?
+            }
+            Source::FelixDriver => crate::felix_driver::read_messages(stop.clone()).map_err(|e| format!("reading Felix's messages on fd 3: {e}"))?,
+        };
+        let mut feed = Feed::Messages(events, Receiver::new());
+        loop {
+            let next = feed.next(node, Duration::from_millis(200));
+            if let Some(e) = next.error {
+                eprintln!("palisade-dataplane: refused: {e}");
+            }
+            if let Some(view) = next.view {
+                return Ok((feed, view));
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err("stopped before the first snapshot arrived".into());
             }
         }
     }
 
-    /// A new view of `node`, if one arrives within `wait` (files are looked at after `wait`; a
-    /// control plane's state is taken as soon as it arrives), or why it was refused.
-    fn next(&mut self, node: Option<&str>, wait: Duration) -> Option<Result<NodeView, String>> {
+    /// What arrived within `wait` (files are looked at after `wait`; messages are taken as soon
+    /// as they arrive, with all that follow them at once).
+    fn next(&mut self, node: Option<&str>, wait: Duration) -> Next {
         match self {
             Feed::Files(paths, stamp) => {
                 std::thread::sleep(wait);
                 let now = palisade_policy::load::stamp(paths);
                 if now == *stamp {
-                    return None;
+                    return Next::default();
                 }
                 *stamp = now;
-                Some(palisade_policy::load_cluster(paths).map(|c| NodeView::compute(&c, node)).map_err(|e| messages(&e)))
+                match palisade_policy::load_cluster(paths) {
+                    Ok(c) => Next { view: Some(NodeView::compute(&c, node)), error: None },
+                    Err(e) => Next { view: None, error: Some(messages(&e)) },
+                }
             }
-            Feed::Control(rx) => {
-                let first = rx.recv_timeout(wait).ok()?;
-                let latest = rx.try_iter().last().unwrap_or(first);
-                Some(
-                    latest.cluster().map(|c| NodeView::compute(&c, node)).map_err(|e| format!("revision {} from the control plane: {}", latest.revision, messages(&e))),
-                )
+            Feed::Messages(events, receiver) => {
+                let first = match events.recv_timeout(wait) {
+                    Ok(e) => e,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Next::default(),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        std::thread::sleep(wait);
+                        return Next::default();
+                    }
+                };
+                let mut errors = Vec::new();
+                for event in std::iter::once(first).chain(events.try_iter()) {
+                    match event {
+                        Event::Restarted => receiver.restart(),
+                        Event::Message(m) => {
+                            if let Err(e) = receiver.apply(m) {
+                                errors.push(e);
+                            }
+                        }
+                    }
+                }
+                let view = if receiver.take_changed() { receiver.view().cloned() } else { None };
+                Next { view, error: (!errors.is_empty()).then(|| errors.join("\n")) }
             }
+        }
+    }
+
+    /// The datastore revision of the enforced messages (0 for files and for a Felix).
+    fn revision(&self) -> i64 {
+        match self {
+            Feed::Files(..) => 0,
+            Feed::Messages(_, r) => r.revision(),
+        }
+    }
+
+    /// Whether the view is complete: a message stream is not between a reconnection and the
+    /// new snapshot's `InSync`.
+    fn in_sync(&self) -> bool {
+        match self {
+            Feed::Files(..) => true,
+            Feed::Messages(_, r) => r.in_sync(),
         }
     }
 }
@@ -130,8 +187,13 @@ impl Feed {
 /// What the agent reports about itself.
 #[derive(Debug, Default, Serialize)]
 pub struct Status {
-    /// Revision of the enforced state (1 = first load).
+    /// Revision of the enforced state (1 = first load; one more for every state applied).
     pub revision: u64,
+    /// The control plane's datastore revision of the enforced state (0 for files and a Felix).
+    pub applied_revision: i64,
+    /// Whether the enforced state is a complete snapshot plus every change since (false while
+    /// a reconnected stream's new snapshot is being received).
+    pub in_sync: bool,
     /// The last state load that failed, if it is newer than the enforced one.
     pub last_error: Option<String>,
     /// Interfaces with XDP attached, and how the kernel runs it.
@@ -231,7 +293,13 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     if let Some((uplink, _)) = &config.uplink {
         agent.attach(uplink, Mode::Owned)?;
     }
-    agent.apply(&view, 1)?;
+    agent.apply(&view, 1, feed.revision())?;
+    status.lock().expect("lock").in_sync = true;
+    let mut reporter = match config.source {
+        Source::FelixDriver => Some(crate::felix_driver::Reporter::open().map_err(|e| format!("reporting to Felix on fd 4: {e}"))?),
+        _ => None,
+    };
+    report(&mut reporter, &status);
     let redirector_counters = Arc::new(Mutex::new(BTreeMap::new()));
     if let Some(path) = &config.stats_socket {
         serve_stats(path.clone(), status.clone(), worker_stats.clone(), redirector_counters.clone(), conntrack.clone(), stop.clone())?;
@@ -243,6 +311,14 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let next = feed.next(config.node.as_deref(), Duration::from_millis(200));
+        {
+            let mut st = status.lock().expect("lock");
+            st.in_sync = feed.in_sync();
+            if let Some(msg) = &next.error {
+                eprintln!("palisade-dataplane: refused, still enforcing revision {revision}:\n{msg}");
+                st.last_error = Some(msg.clone());
+            }
+        }
         if let Ok(c) = agent.redirector.counters() {
             *redirector_counters.lock().expect("lock") = c.into_iter().collect();
         }
@@ -251,26 +327,30 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
             agent.sweep_host(epoch);
             last_sweep = Instant::now();
         }
+        if let Some(r) = &mut reporter {
+            if let Err(e) = r.heartbeat() {
+                eprintln!("palisade-dataplane: reporting to Felix: {e}");
+            }
+        }
         let appeared = agent.awaited.iter().any(|name| palisade_bpf::ifindex(name).is_ok());
-        if next.is_none() && !appeared && !agent.host_addresses_changed() {
+        if next.view.is_none() && !appeared && !agent.host_addresses_changed() {
             continue;
         }
-        match next {
-            Some(Ok(v)) => {
-                // Only programs using a changed policy or profile are compiled again.
-                agent.compiler.forget_changed(&view, &v);
-                view = v;
-            }
-            Some(Err(msg)) => {
-                eprintln!("palisade-dataplane: rejected the new state, still enforcing revision {revision}:\n{msg}");
-                status.lock().expect("lock").last_error = Some(msg);
-                continue;
-            }
-            None => {}
+        let new_view = next.view.is_some();
+        if let Some(v) = next.view {
+            // Only programs using a changed policy or profile are compiled again.
+            agent.compiler.forget_changed(&view, &v);
+            view = v;
         }
         revision += 1;
-        match agent.apply(&view, revision) {
+        let applied = agent.apply(&view, revision, feed.revision());
+        if applied.is_ok() && new_view && next.error.is_none() {
+            // A refused state or message is reported until something newer is enforced.
+            status.lock().expect("lock").last_error = None;
+        }
+        match applied {
             Ok(()) => {
+                report(&mut reporter, &status);
                 // Flows admitted without tracking under the previous state must be decided again.
                 agent.sweep_host(epoch);
                 eprintln!("palisade-dataplane: enforcing revision {revision}")
@@ -283,6 +363,16 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         let _ = h.join();
     }
     Ok(())
+}
+
+/// Tells a driving Felix what is enforced (nothing without one).
+fn report(reporter: &mut Option<crate::felix_driver::Reporter>, status: &Mutex<Status>) {
+    let Some(r) = reporter else { return };
+    let st = status.lock().expect("lock");
+    let hosts: Vec<String> = st.host_interfaces.values().flatten().cloned().collect();
+    if let Err(e) = r.enforced(&st.endpoints, &st.missing_interfaces, &hosts) {
+        eprintln!("palisade-dataplane: reporting to Felix: {e}");
+    }
 }
 
 impl Agent {
@@ -317,7 +407,7 @@ impl Agent {
 
     /// Compiles `view`, attaches to new local interfaces, detaches from gone ones, and
     /// publishes the new snapshot.
-    fn apply(&mut self, view: &NodeView, revision: u64) -> Result<(), String> {
+    fn apply(&mut self, view: &NodeView, revision: u64, applied_revision: i64) -> Result<(), String> {
         let programs = self.compiler.compile(view);
         let mut interfaces = Vec::new();
         let mut endpoints = Vec::new();
@@ -374,7 +464,7 @@ impl Agent {
         let mut st = self.status.lock().expect("lock");
         st.host_interfaces = host_status;
         st.revision = revision;
-        st.last_error = None;
+        st.applied_revision = applied_revision;
         st.endpoints = names;
         st.missing_interfaces = missing;
         self.awaited = awaited;

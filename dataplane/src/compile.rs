@@ -17,8 +17,8 @@
 use crate::classifier::tree::{Intervals, Key, TreeClassifier, TreeRule, FIELDS};
 use crate::ipset::{v4_range, v6_range, IpSet, IpSetMembers, NamedPortSet, Ranges};
 use ipnet::IpNet;
-use palisade_policy::eval::{Decision, Flow, RuleRef};
 use palisade_policy::calc::{EndpointView, NodeView, SetMatch, SetMembers, SetRule, TierInfo};
+use palisade_policy::eval::{Decision, Flow, RuleRef};
 use palisade_policy::model::*;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -299,7 +299,8 @@ impl Compiler {
     /// that is new or differs, so the next [`compile`](Self::compile) rebuilds only those and
     /// reuses the rest.
     pub fn forget_changed(&mut self, old: &NodeView, new: &NodeView) {
-        let mut changed: Vec<String> = new.policies.iter().filter(|(id, p)| differs(old.policies.get(*id), p)).map(|(id, _)| id.name.clone()).collect();
+        let mut changed: Vec<String> =
+            new.policies.iter().filter(|(id, p)| differs(old.policies.get(*id), p)).map(|(id, _)| id.name.clone()).collect();
         changed.extend(new.profiles.iter().filter(|(name, p)| differs(old.profiles.get(*name), p)).map(|(n, _)| n.clone()));
         if !changed.is_empty() {
             self.invalidate(&changed);
@@ -494,7 +495,10 @@ impl<'a> Segment<'a> {
         if names.is_empty() {
             return None;
         }
-        let parts = names.iter().map(|n| (n.clone(), Some(t.name.clone()), view.policy(&t.name, n).map_or(&[][..], |p| p.rules(dir)), is_staged(n))).collect();
+        let parts = names
+            .iter()
+            .map(|n| (n.clone(), Some(t.name.clone()), view.policy(&t.name, n).map_or(&[][..], |p| p.rules(dir)), is_staged(n)))
+            .collect();
         let enforced = names.iter().any(|n| !is_staged(n));
         let default_deny = (decisive && enforced && t.default_action == TierDefault::Deny).then(|| t.name.clone());
         Some(Segment { parts, default_deny })

@@ -16,6 +16,7 @@ pub mod classifier;
 pub mod compile;
 pub mod conntrack;
 pub mod datapath;
+pub mod felix_driver;
 pub mod host;
 pub mod ipset;
 pub mod packet;

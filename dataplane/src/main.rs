@@ -12,19 +12,23 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Enforce Kubernetes and Calico network policy on this node's workload interfaces and on the
-/// host's own interfaces (HostEndpoints) with XDP and AF_XDP. Standalone mode: the cluster state
-/// comes from manifest files, watched for changes.
+/// host's own interfaces (HostEndpoints) with XDP and AF_XDP. The state comes from manifest files
+/// (standalone, watched for changes), from palisade-control, or from a Calico Felix.
 #[derive(Parser)]
 #[command(name = "palisade-dataplane", version)]
 struct Args {
     /// Manifest files or directories holding the cluster state (Pods, Namespaces, HostEndpoints,
     /// policies, ...), watched for changes.
-    #[arg(long = "state", visible_alias = "policy", required_unless_present = "control", conflicts_with = "control")]
+    #[arg(long = "state", visible_alias = "policy", required_unless_present_any = ["control", "felix_driver"], conflicts_with_all = ["control", "felix_driver"])]
     state: Vec<PathBuf>,
     /// Follow the cluster state from palisade-control at this URL (http://127.0.0.1:5473)
     /// instead of files; the agent keeps enforcing the last state while it is unreachable.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "felix_driver")]
     control: Option<String>,
+    /// Run as Calico Felix's external dataplane driver (Felix's DataplaneDriver setting): read
+    /// Felix's ToDataplane messages on file descriptor 3, report on file descriptor 4.
+    #[arg(long)]
+    felix_driver: bool,
     /// Mutual TLS with the control plane, with the PEM files of this directory (ca.pem,
     /// client.pem, client-key.pem; `palisadectl certs` makes them); the URL is then https://.
     #[arg(long, requires = "control")]
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
     let config = Config {
         source: match args.control {
             Some(url) => Source::Control(url, args.control_tls_dir.map_or(Security::Plaintext, Security::Tls)),
+            None if args.felix_driver => Source::FelixDriver,
             None => Source::Files(args.state),
         },
         queues: args.queues,

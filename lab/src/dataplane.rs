@@ -51,9 +51,62 @@ impl Dataplane {
         Dataplane::spawn(binary, lab.host_netns(), &args)
     }
 
+    /// Starts `binary` in the lab's node namespace as Calico Felix's dataplane driver (node
+    /// `node1`): returns at once with the write end of its file descriptor 3 (where Felix sends
+    /// its messages) and the read end of its file descriptor 4 (its reports). The caller sends a
+    /// snapshot and `InSync`, then waits for revision 1 with [`Dataplane::wait_for`].
+    pub fn start_felix_driver(binary: &Path, lab: &Lab, queues: u32) -> Result<(Dataplane, std::io::PipeWriter, std::io::PipeReader), String> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let e = |e: std::io::Error| format!("pipes for the Felix driver: {e}");
+        let (to_driver, from_felix) = {
+            let (r, w) = std::io::pipe().map_err(e)?;
+            (w, r)
+        };
+        let (reports, report_writer) = std::io::pipe().map_err(e)?;
+        let (r, w) = (from_felix.as_raw_fd(), report_writer.as_raw_fd());
+        let mut args = node_args(lab, queues);
+        args.extend(["--felix-driver", "--node", "node1"].map(String::from));
+        let mut cmd = Command::new("ip");
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. The pipe
+        // ends are first copied above 10 so that placing them on 3 and 4 cannot clobber each other.
+        unsafe {
+            cmd.pre_exec(move || {
+                let (r2, w2) = (libc::fcntl(r, libc::F_DUPFD, 10), libc::fcntl(w, libc::F_DUPFD, 10));
+                if r2 < 0 || w2 < 0 || libc::dup2(r2, 3) < 0 || libc::dup2(w2, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let dp = Dataplane::spawn_only(cmd, binary, lab.node_netns(), &args)?;
+        drop((from_felix, report_writer));
+        Ok((dp, to_driver, reports))
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     fn spawn(binary: &Path, ns: &str, args: &[String]) -> Result<Dataplane, String> {
+        let mut dp = Dataplane::spawn_only(Command::new("ip"), binary, ns, args)?;
+        dp.wait_for(1, Duration::from_secs(20))?;
+        Ok(dp)
+    }
+
+    /// Runs `binary` with `args` in namespace `ns` through `cmd` (an `ip` command), logging its
+    /// standard error.
+    fn spawn_only(mut cmd: Command, binary: &Path, ns: &str, args: &[String]) -> Result<Dataplane, String> {
         let stats = PathBuf::from(format!("/run/palisade/{ns}.sock"));
-        let mut child = Command::new("ip")
+        let mut child = cmd
             .args(["netns", "exec", ns])
             .arg(binary)
             .args(args)
@@ -73,9 +126,7 @@ impl Dataplane {
                 }
             });
         }
-        let mut dp = Dataplane { child, stats, log };
-        dp.wait_for(1, Duration::from_secs(20))?;
-        Ok(dp)
+        Ok(Dataplane { child, stats, log })
     }
 
     /// The counters and status the dataplane serves (see `palisadectl stats`).
@@ -109,7 +160,30 @@ impl Dataplane {
         self.log.lock().expect("log lock").clone()
     }
 
-    /// The revision it enforces now.
+    /// Waits until the agent is in sync with its control plane at datastore revision `revision`
+    /// or later (and has every interface it needs).
+    pub fn wait_for_applied(&mut self, revision: i64, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!("palisade-dataplane exited ({status}):\n{}", self.log()));
+            }
+            if let Ok(v) = self.stats() {
+                let st = &v["status"];
+                let applied = st["applied_revision"].as_i64().unwrap_or(0) >= revision && st["in_sync"].as_bool() == Some(true);
+                if applied && st["missing_interfaces"].as_array().is_some_and(|m| m.is_empty()) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("palisade-dataplane did not apply datastore revision {revision} within {timeout:?}:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The revision it enforces now (the agent's own count of states applied).
     pub fn revision(&self) -> u64 {
         self.stats().ok().and_then(|v| v["status"]["revision"].as_u64()).unwrap_or(0)
     }
