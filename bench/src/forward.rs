@@ -325,7 +325,7 @@ fn nft_cleanup(path: ForwardPath) -> String {
 pub(crate) fn cluster(rules: usize) -> String {
     let pod = |name: &str, ip: Ipv4Addr| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: bench\n  labels:\n    app: {name}\nspec:\n  containers:\n    - name: main\n      image: busybox\nstatus:\n  podIP: {ip}\n  podIPs:\n    - ip: {ip}\n---\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: bench\n  labels:\n    app: {name}\nspec:\n  nodeName: node1\n  containers:\n    - name: main\n      image: busybox\nstatus:\n  podIP: {ip}\n  podIPs:\n    - ip: {ip}\n---\n"
         )
     };
     let mut s = String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bench\n---\n");

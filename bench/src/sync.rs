@@ -107,7 +107,7 @@ impl SyncRig {
         let mut agent = Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
             .arg(dataplane)
-            .args(["--control", &self.url, "--queues", "1", "--stats-socket"])
+            .args(["--control", &self.url, "--node", "node1", "--queues", "1", "--stats-socket"])
             .arg(&stats)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

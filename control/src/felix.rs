@@ -266,8 +266,8 @@ impl Receiver {
         self.live.as_ref()
     }
 
-    /// The datastore revision of the enforced view's last message (0 when the sender sets none,
-    /// as Felix does).
+    /// The datastore revision the enforced view is complete at: the last one whose batch's final
+    /// message was applied (0 when the sender sets none, as Felix does).
     pub fn revision(&self) -> i64 {
         self.revision
     }

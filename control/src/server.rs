@@ -221,9 +221,12 @@ async fn follow_node(
                         payloads.push(Payload::InSync(InSync {}));
                         synced = true;
                     }
-                    for payload in payloads {
+                    let last = payloads.len();
+                    for (i, payload) in payloads.into_iter().enumerate() {
                         sequence += 1;
-                        let msg = ToDataplane { sequence_number: sequence, payload: Some(payload), palisade_revision: revision };
+                        // The revision marks the end of its batch: the view is then complete.
+                        let palisade_revision = if i + 1 == last { revision } else { 0 };
+                        let msg = ToDataplane { sequence_number: sequence, payload: Some(payload), palisade_revision };
                         if tx.send(Ok(msg)).await.is_err() {
                             return;
                         }

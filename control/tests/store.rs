@@ -197,7 +197,11 @@ fn mutual_tls_admits_only_clients_the_ca_signed() {
             c.get(GetRequest::default()).await.map(|r| r.into_inner().resources.len()).map_err(|e| e.to_string())
         })
     };
-    assert_eq!(get(Security::Tls(certs.path().to_path_buf()), url.clone()), Ok(1), "a client with the CA's certificate is served");
+    assert_eq!(
+        get(Security::Tls(certs.path().to_path_buf()), url.clone()),
+        Ok(2),
+        "a client with the CA's certificate is served (both stored resources)"
+    );
     assert!(get(Security::Tls(strangers.path().to_path_buf()), url.clone()).is_err(), "a client of another CA is refused");
     assert!(get(Security::Plaintext, url.replace("https", "http")).is_err(), "plaintext is refused");
 }

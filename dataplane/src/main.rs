@@ -51,7 +51,8 @@ struct Args {
     /// RX queues per interface, one worker thread each.
     #[arg(long, default_value_t = 1)]
     queues: u32,
-    /// Enforce only the endpoints of this node (default: every endpoint whose interface exists here).
+    /// This node's name: only its endpoints are enforced (default: every endpoint whose
+    /// interface exists here; with --control or --felix-driver, the host name).
     #[arg(long)]
     node: Option<String>,
     /// The uplink interface: traffic to non-local addresses leaves through it.
@@ -111,6 +112,17 @@ fn main() -> ExitCode {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
     }
+    // A control plane computes the view of a named node, as Calico names nodes by host name.
+    let node = match args.node {
+        None if args.control.is_some() || args.felix_driver => match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            Ok(h) => Some(h.trim().to_string()),
+            Err(e) => {
+                eprintln!("palisade-dataplane: no --node given and the host name is unreadable: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        n => n,
+    };
     let config = Config {
         source: match args.control {
             Some(url) => Source::Control(url, args.control_tls_dir.map_or(Security::Plaintext, Security::Tls)),
@@ -118,7 +130,7 @@ fn main() -> ExitCode {
             None => Source::Files(args.state),
         },
         queues: args.queues,
-        node: args.node,
+        node,
         uplink,
         wait: if args.busy_poll { Wait::BusyPoll } else { Wait::Wakeup },
         stats_socket: Some(args.stats_socket),
