@@ -15,7 +15,7 @@ use crate::proto::sync_server::{Sync, SyncServer};
 use crate::proto::{self, ApplyReply, ApplyRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, SubscribeRequest};
 use crate::store::{Change, Datastore, Key, State};
 use crate::tls::Security;
-use palisade_policy::calc::NodeView;
+use palisade_policy::calc::{NodeView, Shared};
 use palisade_policy::load::parse_documents;
 use palisade_policy::model::Cluster;
 use std::net::SocketAddr;
@@ -34,23 +34,46 @@ pub struct Control {
     clusters: Arc<Clusters>,
 }
 
-/// The cluster model of the latest state, built once per revision for every subscriber.
+/// The cluster model of the latest state, built once per revision for every subscriber. A write
+/// through this server already built the model of the state it produces (to validate it): that
+/// model is kept and used for the revision the datastore gives the write, if the state published
+/// at that revision holds exactly those manifests.
 #[derive(Default)]
-struct Clusters(tokio::sync::Mutex<Option<(i64, Arc<Cluster>)>>);
+struct Clusters(tokio::sync::Mutex<ClusterCache>);
+
+#[derive(Default)]
+struct ClusterCache {
+    /// The model of the latest revision asked for, with what its nodes' views share.
+    built: Option<(i64, Arc<Cluster>, Arc<Shared>)>,
+    /// The last write's revision, the state it validated, and that state's model.
+    written: Option<(i64, State, Arc<Cluster>)>,
+}
 
 impl Clusters {
-    async fn of(&self, state: Arc<State>) -> Result<Arc<Cluster>, String> {
-        let mut cached = self.0.lock().await;
-        if let Some((revision, c)) = cached.as_ref().filter(|(r, _)| *r == state.revision) {
-            debug_assert_eq!(*revision, state.revision);
-            return Ok(c.clone());
+    async fn of(&self, state: Arc<State>) -> Result<(Arc<Cluster>, Arc<Shared>), String> {
+        let mut cache = self.0.lock().await;
+        if let Some((_, c, s)) = cache.built.as_ref().filter(|(r, _, _)| *r == state.revision) {
+            return Ok((c.clone(), s.clone()));
         }
-        let revision = state.revision;
-        let built = tokio::task::spawn_blocking(move || state.cluster()).await.map_err(|e| e.to_string())?;
-        let cluster = Arc::new(built.map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?);
-        *cached = Some((revision, cluster.clone()));
-        Ok(cluster)
+        let validated = cache.written.as_ref().filter(|(r, v, _)| *r == state.revision && same_manifests(v, &state)).map(|(_, _, c)| c.clone());
+        let cluster = match validated {
+            Some(c) => c,
+            None => {
+                let s = state.clone();
+                let built = tokio::task::spawn_blocking(move || s.cluster()).await.map_err(|e| e.to_string())?;
+                Arc::new(built.map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?)
+            }
+        };
+        let shared = Arc::new(Shared::new(&cluster));
+        cache.built = Some((state.revision, cluster.clone(), shared.clone()));
+        Ok((cluster, shared))
     }
+}
+
+/// Whether two states hold the same manifests under the same keys (revisions aside).
+fn same_manifests(a: &State, b: &State) -> bool {
+    a.resources.len() == b.resources.len()
+        && a.resources.iter().zip(&b.resources).all(|((ka, sa), (kb, sb))| ka == kb && (Arc::ptr_eq(&sa.doc, &sb.doc) || sa.doc == sb.doc))
 }
 
 /// Messages buffered for one subscriber; a subscriber that falls further behind holds back only
@@ -98,18 +121,34 @@ impl Control {
         for (key, doc) in &changes {
             match doc {
                 Some(d) => {
-                    next.resources.insert(key.clone(), crate::store::Stored { doc: d.clone(), revision: 0 });
+                    next.resources.insert(key.clone(), crate::store::Stored::new(key, d.clone(), 0));
                 }
                 None => {
                     next.resources.remove(key);
                 }
             }
         }
-        if let Err(errs) = next.cluster() {
-            let msg: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-            return Err(Status::invalid_argument(format!("the change was refused whole, the stored state is unchanged:\n{}", msg.join("\n"))));
-        }
-        let revision = self.ds.write(changes).await.map_err(Status::unavailable)?;
+        let cluster = match tokio::task::spawn_blocking({
+            let next = next.clone();
+            move || next.cluster()
+        })
+        .await
+        {
+            Ok(Ok(c)) => Arc::new(c),
+            Ok(Err(errs)) => {
+                let msg: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+                return Err(Status::invalid_argument(format!("the change was refused whole, the stored state is unchanged:\n{}", msg.join("\n"))));
+            }
+            Err(e) => return Err(Status::internal(e.to_string())),
+        };
+        // Subscribers wait for the cache while the write is under way, so that the state it
+        // produces is not built a second time.
+        let revision = {
+            let mut cache = self.clusters.0.lock().await;
+            let revision = self.ds.write(changes).await.map_err(Status::unavailable)?;
+            cache.written = Some((revision, next, cluster));
+            revision
+        };
         let mut rx = self.state.clone();
         let seen = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.revision >= revision)).await;
         if !matches!(seen, Ok(Ok(_))) {
@@ -213,9 +252,9 @@ async fn follow_node(
         if current.revision > 0 {
             let revision = current.revision;
             match clusters.of(current).await {
-                Ok(cluster) => {
+                Ok((cluster, shared)) => {
                     let n = node.clone();
-                    let Ok(view) = tokio::task::spawn_blocking(move || NodeView::compute(&cluster, Some(&n))).await else { return };
+                    let Ok(view) = tokio::task::spawn_blocking(move || NodeView::compute_shared(&cluster, Some(&n), &shared)).await else { return };
                     let mut payloads = felix::diff(&sent, &view);
                     if !synced {
                         payloads.push(Payload::InSync(InSync {}));

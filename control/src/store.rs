@@ -58,13 +58,24 @@ impl std::fmt::Display for Key {
     }
 }
 
-/// A stored resource.
+/// A stored resource: its manifest, read once into the typed resource (or why it does not read),
+/// shared by every state that holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stored {
     /// Its manifest.
-    pub doc: Value,
+    pub doc: Arc<Value>,
+    /// The manifest as a typed resource.
+    pub parsed: Arc<Result<Loaded, Error>>,
     /// The store revision that last changed it.
     pub revision: i64,
+}
+
+impl Stored {
+    /// Reads `doc`, stored under `key` at `revision`.
+    pub fn new(key: &Key, doc: Value, revision: i64) -> Stored {
+        let parsed = resource_from_value(doc.clone(), &key.to_string()).map(|resource| Loaded { resource, file: None });
+        Stored { doc: Arc::new(doc), parsed: Arc::new(parsed), revision }
+    }
 }
 
 /// Everything stored, at a revision.
@@ -80,12 +91,12 @@ impl State {
     /// The cluster model of the state, or every error that keeps it from loading (each naming
     /// the resource and field).
     pub fn cluster(&self) -> Result<Cluster, Vec<Error>> {
-        let mut loaded = Vec::new();
+        let mut loaded: Vec<&Loaded> = Vec::with_capacity(self.resources.len());
         let mut errors = Vec::new();
-        for (key, s) in &self.resources {
-            match resource_from_value(s.doc.clone(), &key.to_string()) {
-                Ok(resource) => loaded.push(Loaded { resource, file: None }),
-                Err(e) => errors.push(e),
+        for s in self.resources.values() {
+            match &*s.parsed {
+                Ok(l) => loaded.push(l),
+                Err(e) => errors.push(e.clone()),
             }
         }
         if !errors.is_empty() {
@@ -123,7 +134,8 @@ impl DirStore {
 
     fn load(&self, revision: i64) -> Result<State, Vec<Error>> {
         let docs = load_documents(&[&self.dir])?;
-        let state = State { revision, resources: docs.into_iter().map(|(l, doc)| (Key::of(&l.resource), Stored { doc, revision })).collect() };
+        let stored = |(l, doc): (Loaded, Value)| (Key::of(&l.resource), Stored { doc: Arc::new(doc), parsed: Arc::new(Ok(l)), revision });
+        let state = State { revision, resources: docs.into_iter().map(stored).collect() };
         state.cluster()?;
         Ok(state)
     }
@@ -211,7 +223,8 @@ impl EtcdStore {
     fn decode(&self, kv: &etcd_client::KeyValue) -> Option<(Key, Stored)> {
         let key = Key::parse(kv.key_str().ok()?.strip_prefix(&self.prefix)?)?;
         let doc = serde_json::from_slice(kv.value()).ok()?;
-        Some((key, Stored { doc, revision: kv.mod_revision() }))
+        let stored = Stored::new(&key, doc, kv.mod_revision());
+        Some((key, stored))
     }
 
     /// Follows the state from `state` until the watch breaks or is compacted away (or nobody

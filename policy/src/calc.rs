@@ -18,7 +18,7 @@ use crate::selector::Selector;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The match on one side (source or destination) of a rule, with selectors replaced by IP sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -225,11 +225,33 @@ fn digest(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash[..21])
 }
 
+/// What the views of every node of one cluster share, computed once for all of them: IP-set
+/// members, and policies and profiles with their rules in IP-set form. Use one per cluster.
+pub struct Shared {
+    namespaces: EndpointsByNamespace,
+    sets: Mutex<HashMap<String, Arc<SetMembers>>>,
+    policies: Mutex<HashMap<PolicyId, Arc<ActivePolicy>>>,
+    profiles: Mutex<HashMap<String, Arc<ActiveProfile>>>,
+}
+
+impl Shared {
+    /// An empty cache for `cluster`'s views.
+    pub fn new(cluster: &Cluster) -> Shared {
+        Shared { namespaces: EndpointsByNamespace::new(cluster), sets: Mutex::default(), policies: Mutex::default(), profiles: Mutex::default() }
+    }
+}
+
 impl NodeView {
     /// The view of `node` (every endpoint when `None`, as a standalone agent enforces them all).
-    pub fn compute<'c>(cluster: &'c Cluster, node: Option<&str>) -> NodeView {
+    pub fn compute(cluster: &Cluster, node: Option<&str>) -> NodeView {
+        NodeView::compute_shared(cluster, node, &Shared::new(cluster))
+    }
+
+    /// [`NodeView::compute`], reusing (and adding to) what other nodes' views of the same
+    /// cluster computed.
+    pub fn compute_shared<'c>(cluster: &'c Cluster, node: Option<&str>, shared: &Shared) -> NodeView {
         let index = PolicyIndex::new(cluster);
-        let mut calc = Calc { cluster, namespaces: EndpointsByNamespace::new(cluster), view: NodeView::default() };
+        let mut calc = Calc { cluster, shared, view: NodeView::default() };
         let tier_defaults: HashMap<&str, TierDefault> = cluster.tiers.iter().map(|t| (t.name.as_str(), t.default_action)).collect();
         let mut used: BTreeMap<PolicyId, &'c Policy> = BTreeMap::new();
         // Workloads live on one node; a host endpoint without a node applies on every node.
@@ -290,22 +312,44 @@ impl NodeView {
             for p in &ep.profiles {
                 if let Some(profile) = cluster.profiles.get(p) {
                     if !calc.view.profiles.contains_key(p) {
-                        let active = ActiveProfile { inbound: calc.rules(&profile.ingress), outbound: calc.rules(&profile.egress) };
-                        calc.view.profiles.insert(p.clone(), Arc::new(active));
+                        let cached = lock(&shared.profiles).get(p).cloned();
+                        let active = match cached {
+                            Some(a) => {
+                                calc.add_sets(a.inbound.iter().chain(&a.outbound));
+                                a
+                            }
+                            None => {
+                                let a = Arc::new(ActiveProfile { inbound: calc.rules(&profile.ingress), outbound: calc.rules(&profile.egress) });
+                                lock(&shared.profiles).insert(p.clone(), a.clone());
+                                a
+                            }
+                        };
+                        calc.view.profiles.insert(p.clone(), active);
                     }
                 }
             }
             calc.view.endpoints.insert(ep.name.clone(), Arc::new(view));
         }
         for (id, p) in used {
-            let active = ActivePolicy {
-                namespace: p.namespace.clone(),
-                inbound: calc.rules(&p.ingress),
-                outbound: calc.rules(&p.egress),
-                untracked: p.do_not_track,
-                pre_dnat: p.pre_dnat,
+            let cached = lock(&shared.policies).get(&id).cloned();
+            let active = match cached {
+                Some(a) => {
+                    calc.add_sets(a.inbound.iter().chain(&a.outbound));
+                    a
+                }
+                None => {
+                    let a = Arc::new(ActivePolicy {
+                        namespace: p.namespace.clone(),
+                        inbound: calc.rules(&p.ingress),
+                        outbound: calc.rules(&p.egress),
+                        untracked: p.do_not_track,
+                        pre_dnat: p.pre_dnat,
+                    });
+                    lock(&shared.policies).insert(id.clone(), a.clone());
+                    a
+                }
             };
-            calc.view.policies.insert(id, Arc::new(active));
+            calc.view.policies.insert(id, active);
         }
         calc.view
     }
@@ -333,14 +377,50 @@ impl EndpointView {
     }
 }
 
-/// The state of one [`NodeView::compute`].
-struct Calc<'c> {
+/// The state of one [`NodeView::compute_shared`].
+struct Calc<'c, 's> {
     cluster: &'c Cluster,
-    namespaces: EndpointsByNamespace,
+    shared: &'s Shared,
     view: NodeView,
 }
 
-impl Calc<'_> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Calc<'_, '_> {
+    /// Adds the sets that already-converted rules refer to (all computed when they were converted).
+    fn add_sets<'r>(&mut self, rules: impl Iterator<Item = &'r SetRule>) {
+        for r in rules {
+            for side in [&r.src, &r.dst] {
+                for id in side.ip_sets.iter().chain(&side.not_ip_sets).chain(&side.named_port_sets).chain(&side.not_named_port_sets) {
+                    if !self.view.ip_sets.contains_key(id) {
+                        if let Some(m) = lock(&self.shared.sets).get(id).cloned() {
+                            self.view.ip_sets.insert(id.clone(), m);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A set by ID: from this view, from the shared cache, or computed by `members` (and shared).
+    fn set(&mut self, id: String, members: impl FnOnce(&Self) -> SetMembers) -> String {
+        if !self.view.ip_sets.contains_key(&id) {
+            let cached = lock(&self.shared.sets).get(&id).cloned();
+            let m = match cached {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(members(self));
+                    lock(&self.shared.sets).insert(id.clone(), m.clone());
+                    m
+                }
+            };
+            self.view.ip_sets.insert(id.clone(), m);
+        }
+        id
+    }
+
     fn rules(&mut self, rules: &[Rule]) -> Vec<SetRule> {
         rules.iter().map(|r| self.rule(r)).collect()
     }
@@ -372,32 +452,29 @@ impl Calc<'_> {
     }
 
     fn selector_set(&mut self, sel: &Selector) -> String {
-        let id = selector_set_id(sel);
-        if !self.view.ip_sets.contains_key(&id) {
-            let nets = self
+        self.set(selector_set_id(sel), |c| {
+            let nets = c
+                .shared
                 .namespaces
-                .candidates(self.cluster, Some(sel))
+                .candidates(c.cluster, Some(sel))
                 .filter(|e| sel.matches(&e.labels))
                 .flat_map(|e| e.ips.iter().copied())
-                .chain(self.cluster.network_sets.iter().filter(|n| sel.matches(&n.labels)).flat_map(|n| n.nets.iter().copied()))
+                .chain(c.cluster.network_sets.iter().filter(|n| sel.matches(&n.labels)).flat_map(|n| n.nets.iter().copied()))
                 .collect();
-            self.view.ip_sets.insert(id.clone(), Arc::new(SetMembers::Nets(nets)));
-        }
-        id
+            SetMembers::Nets(nets)
+        })
     }
 
     fn named_port_set(&mut self, sel: Option<&Selector>, name: &str) -> String {
-        let id = named_port_set_id(sel, name);
-        if !self.view.ip_sets.contains_key(&id) {
+        self.set(named_port_set_id(sel, name), |c| {
             let mut members = BTreeSet::new();
-            for e in self.namespaces.candidates(self.cluster, sel).filter(|e| sel.is_none_or(|s| s.matches(&e.labels))) {
+            for e in c.shared.namespaces.candidates(c.cluster, sel).filter(|e| sel.is_none_or(|s| s.matches(&e.labels))) {
                 for p in e.ports.iter().filter(|p| p.name == name) {
                     members.extend(e.ips.iter().map(|n| (n.addr(), p.protocol, p.port)));
                 }
             }
-            self.view.ip_sets.insert(id.clone(), Arc::new(SetMembers::NamedPorts(members)));
-        }
-        id
+            SetMembers::NamedPorts(members)
+        })
     }
 }
 
@@ -421,6 +498,49 @@ impl EndpointsByNamespace {
         match sel.and_then(|s| s.required_value(LABEL_NAMESPACE)) {
             Some(ns) => Box::new(self.0.get(ns).into_iter().flatten().map(move |&i| &cluster.endpoints[i])),
             None => Box::new(cluster.endpoints.iter()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{parse_str, Loaded};
+
+    fn cluster(yaml: &str) -> Cluster {
+        let loaded: Vec<Loaded> = parse_str(yaml).expect("parses").into_iter().map(|resource| Loaded { resource, file: None }).collect();
+        crate::convert::build_cluster(&loaded).expect("builds")
+    }
+
+    const TWO_NODES: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n---
+apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: prod, labels: {app: web}}\nspec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 80}]}]}\nstatus: {podIP: 10.0.0.1}\n---
+apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: prod, labels: {app: db}}\nspec: {nodeName: n2}\nstatus: {podIP: 10.0.0.2}\n---
+apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: any-eth0}\nspec: {interfaceName: eth0}\n---
+apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: web-in}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, protocol: TCP, source: {selector: app == 'db'}, destination: {ports: [http]}}]\n---
+apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: all-out}\nspec:\n  selector: all()\n  types: [Egress]\n  egress: [{action: Deny, destination: {selector: app == 'web'}}]\n";
+
+    #[test]
+    fn a_node_sees_its_workloads_every_host_endpoint_without_a_node_and_the_sets_its_rules_use() {
+        let c = cluster(TWO_NODES);
+        let v1 = NodeView::compute(&c, Some("n1"));
+        assert_eq!(v1.endpoints.keys().collect::<Vec<_>>(), ["any-eth0", "prod/web"]);
+        let web = &v1.endpoints["prod/web"];
+        assert_eq!(web.tiers.len(), 1);
+        assert_eq!((web.tiers[0].ingress.as_slice(), web.tiers[0].egress.as_slice()), (&["web-in".to_string()][..], &["all-out".to_string()][..]));
+        let db_set = selector_set_id(&Selector::parse("app == 'db'").expect("selector"));
+        assert_eq!(*v1.ip_sets[&db_set], SetMembers::Nets(["10.0.0.2/32".parse().expect("net")].into()), "a remote pod is a set member");
+        let v2 = NodeView::compute(&c, Some("n2"));
+        assert_eq!(v2.endpoints.keys().collect::<Vec<_>>(), ["any-eth0", "prod/db"]);
+        assert!(!v2.policies.keys().any(|p| p.name == "web-in"), "a policy selecting nothing on n2 is not active there");
+        assert!(!v2.ip_sets.contains_key(&db_set), "nor are its sets");
+    }
+
+    #[test]
+    fn views_computed_with_a_shared_cache_equal_views_computed_alone() {
+        let c = cluster(TWO_NODES);
+        let shared = Shared::new(&c);
+        for node in ["n2", "n1", "n2", "n3"] {
+            assert_eq!(NodeView::compute_shared(&c, Some(node), &shared), NodeView::compute(&c, Some(node)), "node {node}");
         }
     }
 }

@@ -14,10 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// Builds the validated cluster model from loaded resources, or returns every error found.
-pub fn build_cluster(loaded: &[Loaded]) -> Result<Cluster, Vec<Error>> {
+pub fn build_cluster<L: std::borrow::Borrow<Loaded>>(loaded: &[L]) -> Result<Cluster, Vec<Error>> {
+    let loaded: Vec<&Loaded> = loaded.iter().map(|l| l.borrow()).collect();
     let mut b = Builder::default();
-    b.check_duplicates(loaded);
-    b.collect_namespaces(loaded);
+    b.check_duplicates(&loaded);
+    b.collect_namespaces(&loaded);
     for l in loaded {
         b.current_file = l.file.clone();
         b.resource(&l.resource);
@@ -614,7 +615,7 @@ impl Builder {
         Ctx { id: r.display_id(), errors: &mut self.errors, file: self.current_file.clone() }
     }
 
-    fn check_duplicates(&mut self, loaded: &[Loaded]) {
+    fn check_duplicates(&mut self, loaded: &[&Loaded]) {
         let mut seen: BTreeMap<(String, String, String), Option<std::path::PathBuf>> = BTreeMap::new();
         for l in loaded {
             let r = &l.resource;
@@ -631,7 +632,7 @@ impl Builder {
     }
 
     /// Namespaces: declared ones with their labels, plus any namespace a resource lives in.
-    fn collect_namespaces(&mut self, loaded: &[Loaded]) {
+    fn collect_namespaces(&mut self, loaded: &[&Loaded]) {
         for l in loaded {
             match &l.resource {
                 Resource::Namespace(m) => {
