@@ -45,6 +45,15 @@ pub struct FanOut {
     pub state_bytes: usize,
 }
 
+/// One timed change.
+#[derive(Clone, Copy, Debug)]
+pub struct Change {
+    /// Until `palisadectl apply`'s call returned (validated, written to etcd, seen back).
+    pub applied: Duration,
+    /// Until the agent enforced it.
+    pub enforced: Duration,
+}
+
 impl SyncRig {
     /// Creates the namespace `name`, etcd and `control` (the palisade-control binary) in it.
     pub fn up(name: &str, control: &Path) -> Result<SyncRig, String> {
@@ -101,7 +110,7 @@ impl SyncRig {
 
     /// Loads a policy of `rules` rules, starts `dataplane` following the control plane, then
     /// times `changes` one-rule changes from `apply` to enforcement.
-    pub fn change_to_enforced(&self, dataplane: &Path, rules: usize, changes: usize) -> Result<Vec<Duration>, String> {
+    pub fn change_to_enforced(&self, dataplane: &Path, rules: usize, changes: usize) -> Result<Vec<Change>, String> {
         self.apply(forward::cluster(rules))?;
         let stats = PathBuf::from(format!("/run/palisade/{}.sock", self.ns.name()));
         let mut agent = Command::new("ip")
@@ -141,8 +150,9 @@ impl SyncRig {
                 );
                 let t = Instant::now();
                 let revision = self.apply(policy)?;
+                let applied = t.elapsed();
                 wait(revision, Duration::from_secs(30))?;
-                times.push(t.elapsed());
+                times.push(Change { applied, enforced: t.elapsed() });
             }
             Ok(times)
         })();
