@@ -14,7 +14,7 @@ use crate::proto::store_server::{Store, StoreServer};
 use crate::proto::sync_server::{Sync, SyncServer};
 use crate::proto::{self, ApplyReply, ApplyRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, SubscribeRequest};
 use crate::store::{Change, Datastore, Key, State};
-use crate::tls::Security;
+use crate::tls::{self, Peer, Security};
 use palisade_policy::calc::{NodeView, Shared};
 use palisade_policy::load::parse_documents;
 use palisade_policy::model::Cluster;
@@ -179,6 +179,7 @@ fn to_proto(k: &Key, doc: &serde_json::Value, revision: i64) -> proto::Resource 
 #[tonic::async_trait]
 impl Store for Control {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
+        administrator(&req)?;
         let req = req.into_inner();
         let docs = parse_documents(&req.manifests).map_err(|errs| {
             let msg: Vec<String> = errs.iter().map(|e| format!("{}: {e}", req.source)).collect();
@@ -194,6 +195,7 @@ impl Store for Control {
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
+        administrator(&req)?;
         self.ready().await?;
         let r = req.into_inner();
         let resources = self.matching(&r.kind, &r.name, &r.namespace);
@@ -204,6 +206,7 @@ impl Store for Control {
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
+        administrator(&req)?;
         let r = req.into_inner();
         if r.kind.is_empty() || r.name.is_empty() {
             return Err(Status::invalid_argument("delete needs a kind and a name"));
@@ -226,14 +229,30 @@ impl Sync for Control {
     type SubscribeStream = UpdateStream;
 
     async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<UpdateStream>, Status> {
+        let peer = tls::peer(&req);
         let node = req.into_inner().node;
         if node.is_empty() {
             return Err(Status::invalid_argument("subscribe needs the agent's node name"));
+        }
+        match peer {
+            Peer::Plaintext | Peer::Admin => {}
+            Peer::Node(n) if n == node => {}
+            Peer::Node(n) => return Err(Status::permission_denied(format!("the certificate of node {n:?} may not follow node {node:?}"))),
+            Peer::Other(cn) => return Err(Status::permission_denied(format!("certificate {cn:?} is not a node's"))),
         }
         eprintln!("palisade-control: node {node:?} subscribed");
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_BUFFER);
         tokio::spawn(follow_node(node, self.state.clone(), self.clusters.clone(), tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Refuses node agents' certificates (and any but the administrators') the store's services.
+fn administrator<T>(req: &Request<T>) -> Result<(), Status> {
+    match tls::peer(req) {
+        Peer::Plaintext | Peer::Admin => Ok(()),
+        Peer::Node(n) => Err(Status::permission_denied(format!("the certificate of node {n:?} may only follow its node's view"))),
+        Peer::Other(cn) => Err(Status::permission_denied(format!("certificate {cn:?} is not the administrators'"))),
     }
 }
 

@@ -178,11 +178,11 @@ fn manifests_directory_is_watched_and_read_only() {
 }
 
 #[test]
-fn mutual_tls_admits_only_clients_the_ca_signed() {
+fn mutual_tls_admits_only_clients_the_ca_signed_and_nodes_only_to_their_view() {
     let certs = tempfile::tempdir().expect("tempdir");
-    tls::generate(certs.path(), &[]).expect("certificates");
+    tls::generate(certs.path(), &[], &["node1".to_string()]).expect("certificates");
     let strangers = tempfile::tempdir().expect("tempdir");
-    tls::generate(strangers.path(), &[]).expect("other certificates");
+    tls::generate(strangers.path(), &[], &[]).expect("other certificates");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("ns.yaml"), NS).expect("write");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -204,4 +204,22 @@ fn mutual_tls_admits_only_clients_the_ca_signed() {
     );
     assert!(get(Security::Tls(strangers.path().to_path_buf()), url.clone()).is_err(), "a client of another CA is refused");
     assert!(get(Security::Plaintext, url.replace("https", "http")).is_err(), "plaintext is refused");
+
+    // A node agent's certificate: its own node's view, nothing else.
+    let node1 = Security::Tls(certs.path().join("nodes/node1"));
+    let err = get(node1.clone(), url.clone()).expect_err("a node may not read the store");
+    assert!(err.contains("PermissionDenied") || err.contains("may only follow"), "{err}");
+    let subscribe = |security: Security, node: &str| {
+        let (url, node) = (url.clone(), node.to_string());
+        runtime.block_on(async move {
+            let mut c = palisade_control::proto::sync_client::SyncClient::new(client::channel(&url, &security).await?);
+            let mut stream = c.subscribe(palisade_control::proto::SubscribeRequest { node }).await.map_err(|e| e.message().to_string())?.into_inner();
+            // The first message of the view arrives.
+            stream.message().await.map_err(|e| e.message().to_string())?.ok_or("no message".to_string()).map(|_| ())
+        })
+    };
+    assert_eq!(subscribe(node1.clone(), "node1"), Ok(()), "node1 follows its own view");
+    let err = subscribe(node1, "node2").expect_err("node1 may not follow node2");
+    assert!(err.contains("node \"node1\" may not follow node \"node2\""), "{err}");
+    assert_eq!(subscribe(Security::Tls(certs.path().to_path_buf()), "node2"), Ok(()), "the administrators' certificate may follow any node");
 }

@@ -194,14 +194,18 @@ enum Command {
         tls_dir: Option<PathBuf>,
     },
     /// Make a directory of PEM files for mutual TLS between palisade-control and its clients: a
-    /// new CA, a server certificate (for localhost, 127.0.0.1 and each --host) and a client
-    /// certificate.
+    /// new CA, a server certificate (for localhost, 127.0.0.1 and each --host), the
+    /// administrators' client certificate, and for each --node a directory nodes/NODE for that
+    /// node's agent (its certificate only lets it follow its own node's view).
     Certs {
         /// Where to write ca.pem, server.pem, server-key.pem, client.pem, client-key.pem.
         dir: PathBuf,
         /// More names or addresses the server certificate is valid for.
         #[arg(long)]
         host: Vec<String>,
+        /// A node to make an agent certificate for (repeat for more).
+        #[arg(long)]
+        node: Vec<String>,
     },
     /// Show the counters of a running palisade-dataplane.
     Stats {
@@ -273,8 +277,11 @@ fn main() -> ExitCode {
         Command::Delete { kind, name, namespace, files, server, tls_dir } => {
             store_cmd::delete(&server, &security(tls_dir), kind.as_deref(), name.as_deref(), namespace.as_deref(), &files)
         }
-        Command::Certs { dir, host } => palisade_control::tls::generate(&dir, &host).map(|()| {
+        Command::Certs { dir, host, node } => palisade_control::tls::generate(&dir, &host, &node).map(|()| {
             println!("wrote ca.pem, server.pem, server-key.pem, client.pem, client-key.pem to {}", dir.display());
+            for n in &node {
+                println!("wrote ca.pem, client.pem, client-key.pem for node {n} to {}", dir.join("nodes").join(n).display());
+            }
             ExitCode::SUCCESS
         }),
         Command::Stats { socket, output } => lab_cmd::stats(&socket, matches!(output, Output::Json)),
