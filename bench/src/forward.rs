@@ -167,7 +167,7 @@ impl Rig {
         sh(&sink_ns, "nft 'add table netdev bench_sink; add chain netdev bench_sink rx { type filter hook ingress device eth0 priority 0; }; add rule netdev bench_sink rx ether type ip counter drop'")?;
         let mac = |ifname: &str| -> Result<[u8; 6], String> {
             let text = sh(&node, &format!("cat /sys/class/net/{ifname}/address"))?;
-            palisade_dataplane::agent::parse_mac(text.trim()).ok_or_else(|| format!("MAC of {ifname}: {text:?}"))
+            palisade_policy::model::parse_mac(text.trim()).ok_or_else(|| format!("MAC of {ifname}: {text:?}"))
         };
         let (gen_host_mac, sink_host_mac) = (mac(&gen_host)?, mac(&sink_host)?);
         Ok(Rig { lab, gen_host, sink_host, gen_host_mac, sink_host_mac })

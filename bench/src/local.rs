@@ -129,7 +129,7 @@ impl HostRig {
             1 << FORWARDER_CPU
         ))?;
         let mac = sh("cat /sys/class/net/eth0/address")?;
-        let host_mac = palisade_dataplane::agent::parse_mac(mac.trim()).ok_or_else(|| format!("host MAC: {mac:?}"))?;
+        let host_mac = palisade_policy::model::parse_mac(mac.trim()).ok_or_else(|| format!("host MAC: {mac:?}"))?;
         let setup = || -> Result<Vec<UdpSocket>, String> {
             (SINK_PORT..SINK_PORT + SINK_SOCKETS)
                 .map(|p| {
@@ -235,7 +235,7 @@ impl HostRig {
     }
 
     fn frame(&self) -> [u8; FRAME_LEN] {
-        let mac = palisade_dataplane::agent::parse_mac(SIDE_A.client_mac).expect("constant MAC");
+        let mac = palisade_policy::model::parse_mac(SIDE_A.client_mac).expect("constant MAC");
         let ip = |a: IpAddr| match a {
             IpAddr::V4(v) => v,
             IpAddr::V6(_) => unreachable!("IPv4 constants"),

@@ -7,7 +7,7 @@ use crate::proto::felix as fx;
 use fx::to_dataplane::Payload;
 use ipnet::IpNet;
 use palisade_policy::calc::{ActivePolicy, ActiveProfile, EndpointView, NodeView, PolicyId, SetMatch, SetMembers, SetRule, TierInfo};
-use palisade_policy::model::{proto as ipproto, workload_mac, Action, EndpointKind, IcmpMatch, PortRange, TierDefault};
+use palisade_policy::model::{parse_mac, proto as ipproto, Action, EndpointKind, IcmpMatch, PortRange, TierDefault};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -142,7 +142,7 @@ fn endpoint_update(ep: &EndpointView) -> Payload {
     let addrs = |v6: bool| ep.ips.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).map(|n| n.addr().to_string()).collect();
     match ep.kind {
         EndpointKind::Workload => {
-            let mac = workload_mac(&ep.name).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            let mac = ep.mac.map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")).unwrap_or_default();
             Payload::WorkloadEndpointUpdate(fx::WorkloadEndpointUpdate {
                 id: Some(workload_id(&ep.name)),
                 endpoint: Some(fx::WorkloadEndpoint {
@@ -384,11 +384,16 @@ fn apply_payload(view: &mut NodeView, payload: Payload) -> Result<(), String> {
                 .chain(&e.ipv6_nets)
                 .map(|s| read_net(s).map_err(|m| format!("{at}: ipv4_nets/ipv6_nets: {m}")))
                 .collect::<Result<_, _>>()?;
+            let mac = match e.mac.as_str() {
+                "" => None,
+                m => Some(parse_mac(m).ok_or_else(|| format!("{at}: mac: {m:?} is not aa:bb:cc:dd:ee:ff"))?),
+            };
             let ep = EndpointView {
                 name: name.clone(),
                 kind: EndpointKind::Workload,
                 interface: (!e.name.is_empty()).then_some(e.name),
                 ips,
+                mac,
                 profiles: e.profile_ids,
                 tiers: read_tiers(&e.tiers, &at, "tiers")?,
                 untracked_tiers: Vec::new(),
@@ -415,6 +420,7 @@ fn apply_payload(view: &mut NodeView, payload: Payload) -> Result<(), String> {
                 kind: EndpointKind::Host,
                 interface: (!e.name.is_empty()).then_some(e.name),
                 ips,
+                mac: None,
                 profiles: e.profile_ids,
                 tiers: read_tiers(&e.tiers, &at, "tiers")?,
                 untracked_tiers: read_tiers(&e.untracked_tiers, &at, "untracked_tiers")?,

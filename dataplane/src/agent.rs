@@ -22,7 +22,7 @@ use palisade_control::client::Event;
 use palisade_control::felix::Receiver;
 use palisade_policy::calc::NodeView;
 use palisade_policy::host::Failsafes;
-use palisade_policy::model::{workload_mac, Direction, EndpointKind, HostChain};
+use palisade_policy::model::{parse_mac, workload_mac, Direction, EndpointKind, HostChain};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -435,7 +435,7 @@ impl Agent {
             endpoints.push(LocalEndpoint {
                 name: ep.name.clone(),
                 interface: interfaces.len(),
-                mac: workload_mac(&ep.name),
+                mac: ep.mac.unwrap_or_else(|| workload_mac(&ep.name)),
                 ips: ep.ips.iter().map(|n| n.addr()).collect(),
                 ingress: programs[&(ep.name.clone(), Direction::Ingress)].clone(),
                 egress: programs[&(ep.name.clone(), Direction::Egress)].clone(),
@@ -588,12 +588,6 @@ fn host_egress(
 fn interface_mac(name: &str) -> Result<Mac, String> {
     let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).map_err(|e| format!("reading the MAC of {name}: {e}"))?;
     parse_mac(text.trim()).ok_or_else(|| format!("interface {name} has no Ethernet address"))
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<Mac> {
-    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
-    parts.try_into().ok()
 }
 
 fn serve_stats(

@@ -2,10 +2,11 @@
 
 use clap::Parser;
 use palisade_control::tls::Security;
-use palisade_dataplane::agent::{self, parse_mac, Config, Source};
+use palisade_dataplane::agent::{self, Config, Source};
 use palisade_dataplane::datapath::EndpointToHost;
 use palisade_dataplane::worker::Wait;
 use palisade_policy::host::{parse_failsafes, Failsafes};
+use palisade_policy::model::parse_mac;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;

@@ -137,6 +137,8 @@ pub struct EndpointView {
     pub interface: Option<String>,
     /// Addresses (a host endpoint's expected IPs).
     pub ips: Vec<IpNet>,
+    /// A workload's own MAC address (its `eth0`).
+    pub mac: Option<[u8; 6]>,
     /// Profiles, in order.
     pub profiles: Vec<String>,
     /// Normal tiers.
@@ -368,6 +370,7 @@ impl EndpointView {
             kind: ep.kind,
             interface: ep.interface.clone(),
             ips: ep.ips.clone(),
+            mac: (ep.kind == EndpointKind::Workload).then(|| workload_mac(&ep.name)),
             profiles: ep.profiles.clone(),
             tiers: Vec::new(),
             untracked_tiers: Vec::new(),

@@ -392,6 +392,12 @@ pub fn workload_mac(endpoint: &str) -> [u8; 6] {
     [0x02, h[0], h[1], h[2], h[3], h[4]]
 }
 
+/// Reads a MAC address written `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| if p.len() == 2 { u8::from_str_radix(p, 16).ok() } else { None }).collect::<Option<_>>()?;
+    parts.try_into().ok()
+}
+
 /// FNV-1a, 64 bits, then MurmurHash3's finaliser so that names differing in their last
 /// character differ in every output bit. Stable across Rust versions and machines (unlike
 /// `DefaultHasher`).
