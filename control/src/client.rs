@@ -1,10 +1,10 @@
 //! Clients of the control plane: `palisadectl` (the store) and the node agent (its node's sync
 //! stream, followed from a thread of its own with reconnection).
 
-use crate::proto::felix::ToDataplane;
+use crate::proto::felix::{FromDataplane, ToDataplane};
 use crate::proto::store_client::StoreClient;
 use crate::proto::sync_client::SyncClient;
-use crate::proto::SubscribeRequest;
+use crate::proto::{NodeReport, SubscribeRequest};
 use crate::tls::{self, Security};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -84,6 +84,105 @@ async fn stream(
         *backoff = Duration::from_millis(100);
         if tx.send(Event::Message(msg)).is_err() {
             return Ok(());
+        }
+    }
+}
+
+/// Sends the agent's reports for `node` to the control plane at `url` from a thread of its own:
+/// what is sent on the returned channel goes out on a `Report` stream. Each new stream (after a
+/// reconnection, backing off from 100 ms to 2 s) starts with the latest report of every kind
+/// (in sync, heartbeat, each endpoint's status), so the control plane always holds the whole
+/// picture. Stops when `stop` is set or the sender is dropped.
+pub fn report(
+    url: String,
+    node: String,
+    security: Security,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<tokio::sync::mpsc::UnboundedSender<FromDataplane>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<FromDataplane>();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("palisade-report".into()).spawn(move || {
+        runtime.block_on(async move {
+            let mut latest = Latest::default();
+            let mut backoff = Duration::from_millis(100);
+            while !stop.load(Ordering::Relaxed) {
+                match send_reports(&url, &node, &security, &mut rx, &mut latest, &stop).await {
+                    Ok(()) => return,
+                    Err(e) => eprintln!("palisade-dataplane: reporting to {url}: {e}; retrying in {backoff:?}"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        })
+    })?;
+    Ok(tx)
+}
+
+/// The latest report of each kind, by a key naming what it is about.
+#[derive(Default)]
+struct Latest(std::collections::BTreeMap<String, FromDataplane>);
+
+impl Latest {
+    fn record(&mut self, m: &FromDataplane) {
+        use crate::proto::felix::from_dataplane::Payload as P;
+        let key = |kind: &str, id: &str| format!("{kind}/{id}");
+        match &m.payload {
+            Some(P::DataplaneInSync(_)) => {
+                self.0.insert("in-sync".into(), m.clone());
+            }
+            Some(P::ProcessStatusUpdate(_)) => {
+                self.0.insert("process".into(), m.clone());
+            }
+            Some(P::WorkloadEndpointStatusUpdate(u)) => {
+                self.0.insert(key("workload", &u.id.clone().unwrap_or_default().workload_id), m.clone());
+            }
+            Some(P::WorkloadEndpointStatusRemove(u)) => {
+                self.0.remove(&key("workload", &u.id.clone().unwrap_or_default().workload_id));
+            }
+            Some(P::HostEndpointStatusUpdate(u)) => {
+                self.0.insert(key("host", &u.id.clone().unwrap_or_default().endpoint_id), m.clone());
+            }
+            Some(P::HostEndpointStatusRemove(u)) => {
+                self.0.remove(&key("host", &u.id.clone().unwrap_or_default().endpoint_id));
+            }
+            None => {}
+        }
+    }
+}
+
+/// One report stream: `Ok` when told to stop, `Err` when it broke.
+async fn send_reports(
+    url: &str,
+    node: &str,
+    security: &Security,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<FromDataplane>,
+    latest: &mut Latest,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let mut client = SyncClient::new(channel(url, security).await?);
+    let (out, stream) = tokio::sync::mpsc::channel::<NodeReport>(1024);
+    let wrap = |m: FromDataplane| NodeReport { node: node.to_string(), report: Some(m) };
+    for m in latest.0.values() {
+        out.send(wrap(m.clone())).await.map_err(|e| e.to_string())?;
+    }
+    let call = client.report(tokio_stream::wrappers::ReceiverStream::new(stream));
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            ended = &mut call => return Err(match ended {
+                Ok(_) => "the control plane ended the report stream".to_string(),
+                Err(e) => e.message().to_string(),
+            }),
+            m = rx.recv() => {
+                let Some(m) = m else { return Ok(()) };
+                latest.record(&m);
+                out.send(wrap(m)).await.map_err(|e| e.to_string())?;
+            }
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+            }
         }
     }
 }

@@ -9,15 +9,19 @@
 //! skips intermediate states and is sent the difference to the latest.
 
 use crate::felix;
-use crate::proto::felix::{to_dataplane::Payload, InSync, ToDataplane};
+use crate::proto::felix::{from_dataplane, to_dataplane::Payload, InSync, ToDataplane};
 use crate::proto::store_server::{Store, StoreServer};
 use crate::proto::sync_server::{Sync, SyncServer};
-use crate::proto::{self, ApplyReply, ApplyRequest, DeleteReply, DeleteRequest, GetReply, GetRequest, SubscribeRequest};
+use crate::proto::{
+    self, ApplyReply, ApplyRequest, DeleteReply, DeleteRequest, EndpointState, GetReply, GetRequest, NodeReport, NodeStatus, ReportReply,
+    StatusReply, StatusRequest, SubscribeRequest,
+};
 use crate::store::{Change, Datastore, Key, State};
 use crate::tls::{self, Peer, Security};
 use palisade_policy::calc::{NodeView, Shared};
 use palisade_policy::load::parse_documents;
 use palisade_policy::model::Cluster;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +36,8 @@ pub struct Control {
     ds: Arc<dyn Datastore>,
     state: watch::Receiver<Arc<State>>,
     clusters: Arc<Clusters>,
+    /// What each node's agent last reported.
+    statuses: Arc<std::sync::Mutex<BTreeMap<String, NodeStatus>>>,
 }
 
 /// The cluster model of the latest state, built once per revision for every subscriber. A write
@@ -85,7 +91,7 @@ impl Control {
     pub fn start(ds: Arc<dyn Datastore>) -> Control {
         let (tx, state) = watch::channel(Arc::new(State::default()));
         tokio::spawn(ds.clone().run(tx));
-        Control { ds, state, clusters: Arc::default() }
+        Control { ds, state, clusters: Arc::default(), statuses: Arc::default() }
     }
 
     /// Serves both services on `listener` until the future is dropped, with mutual TLS when
@@ -205,6 +211,14 @@ impl Store for Control {
         Ok(Response::new(GetReply { resources, revision: self.state.borrow().revision }))
     }
 
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        administrator(&req)?;
+        let node = req.into_inner().node;
+        let statuses = self.statuses.lock().expect("lock");
+        let nodes = statuses.values().filter(|s| node.is_empty() || s.node == node).cloned().collect();
+        Ok(Response::new(StatusReply { nodes }))
+    }
+
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
         administrator(&req)?;
         let r = req.into_inner();
@@ -244,6 +258,66 @@ impl Sync for Control {
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_BUFFER);
         tokio::spawn(follow_node(node, self.state.clone(), self.clusters.clone(), tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn report(&self, req: Request<tonic::Streaming<NodeReport>>) -> Result<Response<ReportReply>, Status> {
+        let peer = tls::peer(&req);
+        let mut reports = req.into_inner();
+        let mut node: Option<String> = None;
+        let result = async {
+            while let Some(r) = reports.message().await? {
+                match &peer {
+                    Peer::Plaintext | Peer::Admin => {}
+                    Peer::Node(n) if *n == r.node => {}
+                    Peer::Node(n) => {
+                        return Err(Status::permission_denied(format!("the certificate of node {n:?} may not report for node {:?}", r.node)))
+                    }
+                    Peer::Other(cn) => return Err(Status::permission_denied(format!("certificate {cn:?} is not a node's"))),
+                }
+                if node.as_ref().is_some_and(|n| *n != r.node) {
+                    return Err(Status::invalid_argument("one report stream is one node's"));
+                }
+                let mut statuses = self.statuses.lock().expect("lock");
+                if node.is_none() {
+                    // A new stream starts with everything the agent knows.
+                    statuses.insert(r.node.clone(), NodeStatus { node: r.node.clone(), connected: true, ..NodeStatus::default() });
+                    node = Some(r.node.clone());
+                }
+                record(statuses.get_mut(&r.node).expect("inserted"), r.report.and_then(|m| m.payload));
+            }
+            Ok(())
+        }
+        .await;
+        if let Some(n) = node {
+            if let Some(st) = self.statuses.lock().expect("lock").get_mut(&n) {
+                st.connected = false;
+            }
+        }
+        result.map(|()| Response::new(ReportReply {}))
+    }
+}
+
+/// Records one report in a node's status.
+fn record(st: &mut NodeStatus, payload: Option<from_dataplane::Payload>) {
+    use from_dataplane::Payload as P;
+    let mut set = |endpoint: String, kind: &str, status: Option<String>| {
+        st.endpoints.retain(|e| !(e.endpoint == endpoint && e.kind == kind));
+        if let Some(status) = status {
+            st.endpoints.push(EndpointState { endpoint, kind: kind.into(), status });
+            st.endpoints.sort_by(|a, b| (&a.kind, &a.endpoint).cmp(&(&b.kind, &b.endpoint)));
+        }
+    };
+    match payload {
+        Some(P::DataplaneInSync(_)) => st.in_sync = true,
+        Some(P::ProcessStatusUpdate(u)) => {
+            st.last_heartbeat = u.iso_timestamp;
+            st.uptime = u.uptime;
+        }
+        Some(P::WorkloadEndpointStatusUpdate(u)) => set(u.id.unwrap_or_default().workload_id, "workload", Some(u.status.unwrap_or_default().status)),
+        Some(P::WorkloadEndpointStatusRemove(u)) => set(u.id.unwrap_or_default().workload_id, "workload", None),
+        Some(P::HostEndpointStatusUpdate(u)) => set(u.id.unwrap_or_default().endpoint_id, "host", Some(u.status.unwrap_or_default().status)),
+        Some(P::HostEndpointStatusRemove(u)) => set(u.id.unwrap_or_default().endpoint_id, "host", None),
+        None => {}
     }
 }
 

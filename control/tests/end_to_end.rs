@@ -110,6 +110,22 @@ fn apply_through_the_control_plane_enforces_on_traffic_across_restarts() {
     };
     change(&mut dp, &["apply", "-f", &deny]);
     assert!(blocked(), "after palisadectl apply, the deny is enforced");
+    // The agent reports to the control plane: in sync, both pods up.
+    let reported = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = palisadectl(&["status"]);
+            let lines: Vec<&str> = out.lines().collect();
+            let node_ok = lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>().starts_with(&["node1", "true", "true"]));
+            let up = |pod: &str| lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["workload", pod, "up"]);
+            if node_ok && up("ns1/a") && up("ns1/b") {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "palisadectl status never showed node1 in sync with both pods up:\n{out}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    reported();
     let got = palisadectl(&["get", "networkpolicy", "-n", "ns1"]);
     assert!(got.contains("b-deny"), "palisadectl get lists it:\n{got}");
 
@@ -119,6 +135,7 @@ fn apply_through_the_control_plane_enforces_on_traffic_across_restarts() {
     control = ControlPlane::start(&node, &etcd, port);
     change(&mut dp, &["delete", "networkpolicy", "b-deny", "-n", "ns1"]);
     assert!(reaches(), "after the control plane's restart and the delete, allowed again\n{}", dp.log());
+    reported(); // the agent's reports reached the new control plane too
 
     // etcd restarts under the control plane: writes go through once it is back.
     change(&mut dp, &["apply", "-f", &deny]);

@@ -173,6 +173,19 @@ enum Command {
         #[arg(long)]
         tls_dir: Option<PathBuf>,
     },
+    /// What the node agents last reported to the control plane: in sync, heartbeat, each
+    /// endpoint's status.
+    Status {
+        /// One node (default: every node that reported).
+        node: Option<String>,
+        /// The control plane.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Mutual TLS with the PEM files of this directory (ca.pem, client.pem, client-key.pem);
+        /// the server URL is then https://.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
+    },
     /// Delete stored resources by kind and name, or those of manifest files.
     Delete {
         /// Kind.
@@ -274,6 +287,7 @@ fn main() -> ExitCode {
             let kind = if kind.eq_ignore_ascii_case("all") { String::new() } else { kind };
             store_cmd::get(&server, &security(tls_dir), &kind, name.as_deref(), namespace.as_deref(), output)
         }
+        Command::Status { node, server, tls_dir } => store_cmd::status(&server, &security(tls_dir), node.as_deref()),
         Command::Delete { kind, name, namespace, files, server, tls_dir } => {
             store_cmd::delete(&server, &security(tls_dir), kind.as_deref(), name.as_deref(), namespace.as_deref(), &files)
         }

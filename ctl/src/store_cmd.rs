@@ -1,7 +1,7 @@
 //! `palisadectl apply`, `get` and `delete`: the habits of kubectl and calicoctl, against a
-//! `palisade-control`.
+//! `palisade-control`; and `status`, what its agents report.
 
-use palisade_control::proto::{ApplyRequest, DeleteRequest, GetRequest, Resource};
+use palisade_control::proto::{ApplyRequest, DeleteRequest, GetRequest, Resource, StatusRequest};
 use palisade_control::tls::Security;
 use palisade_policy::load::{manifest_files, parse_documents};
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
-fn status(e: tonic::Status) -> String {
+fn status_error(e: tonic::Status) -> String {
     e.message().to_string()
 }
 
@@ -36,7 +36,7 @@ pub fn apply(server: &str, security: &Security, paths: &[PathBuf]) -> Result<Exi
         for file in files {
             let manifests = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let source = file.display().to_string();
-            let reply = client.apply(ApplyRequest { manifests, source }).await.map_err(status)?.into_inner();
+            let reply = client.apply(ApplyRequest { manifests, source }).await.map_err(status_error)?.into_inner();
             for r in reply.applied {
                 println!("{} applied (revision {})", id(&r), reply.revision);
             }
@@ -58,7 +58,7 @@ pub fn get(
         let mut client = palisade_control::client::store(server, security).await?;
         let req =
             GetRequest { kind: kind.to_string(), name: name.unwrap_or_default().to_string(), namespace: namespace.unwrap_or_default().to_string() };
-        client.get(req).await.map(|r| r.into_inner()).map_err(status)
+        client.get(req).await.map(|r| r.into_inner()).map_err(status_error)
     })?;
     let docs: Vec<serde_json::Value> = reply.resources.iter().map(|r| serde_json::from_str(&r.json).unwrap_or_default()).collect();
     match output {
@@ -129,7 +129,7 @@ pub fn delete(
     runtime()?.block_on(async {
         let mut client = palisade_control::client::store(server, security).await?;
         for t in targets {
-            let reply = client.delete(t).await.map_err(status)?.into_inner();
+            let reply = client.delete(t).await.map_err(status_error)?.into_inner();
             for r in reply.deleted {
                 println!("{} deleted (revision {})", id(&r), reply.revision);
             }
@@ -144,4 +144,24 @@ fn id(r: &Resource) -> String {
     } else {
         format!("{} {}/{}", r.kind, r.namespace, r.name)
     }
+}
+
+/// Prints what the agents of `node` (every node when `None`) last reported.
+pub fn status(server: &str, security: &Security, node: Option<&str>) -> Result<ExitCode, String> {
+    let reply = runtime()?.block_on(async {
+        let mut client = palisade_control::client::store(server, security).await?;
+        client.status(StatusRequest { node: node.unwrap_or_default().to_string() }).await.map(|r| r.into_inner()).map_err(status_error)
+    })?;
+    if reply.nodes.is_empty() {
+        println!("no agent has reported{}", node.map(|n| format!(" for node {n}")).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<20} {:<10} {:<8} {:<32} {:>9}", "NODE", "CONNECTED", "IN-SYNC", "LAST HEARTBEAT", "UPTIME");
+    for n in &reply.nodes {
+        println!("{:<20} {:<10} {:<8} {:<32} {:>8.0}s", n.node, n.connected, n.in_sync, n.last_heartbeat, n.uptime);
+        for e in &n.endpoints {
+            println!("  {:<9} {:<40} {}", e.kind, e.endpoint, e.status);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

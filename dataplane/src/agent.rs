@@ -13,6 +13,7 @@ use crate::compile::Compiler;
 use crate::conntrack::{self, ConnTrack};
 use crate::datapath::{Datapath, EndpointToHost, Interface, LocalEndpoint, Mac, Role, Snapshot};
 use crate::host::{self, EgressSocket, HostEndpoint, HostInterface, HostPath, HostSnapshot, Tap};
+use crate::report::Reporter;
 use crate::stats::{self, Drop, WorkerStats};
 use crate::worker::{Command, Wait, Worker};
 use arc_swap::ArcSwap;
@@ -295,9 +296,14 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     }
     agent.apply(&view, 1, feed.revision())?;
     status.lock().expect("lock").in_sync = true;
-    let mut reporter = match config.source {
-        Source::FelixDriver => Some(crate::felix_driver::Reporter::open().map_err(|e| format!("reporting to Felix on fd 4: {e}"))?),
-        _ => None,
+    let mut reporter = match &config.source {
+        Source::FelixDriver => Some(Reporter::new(crate::felix_driver::reports_to_felix().map_err(|e| format!("reporting to Felix on fd 4: {e}"))?)),
+        Source::Control(url, security) => {
+            let node = config.node.clone().unwrap_or_default();
+            let tx = palisade_control::client::report(url.clone(), node, security.clone(), stop.clone()).map_err(|e| e.to_string())?;
+            Some(Reporter::new(Box::new(move |m| tx.send(m).map_err(|_| std::io::Error::other("the report thread has stopped")))))
+        }
+        Source::Files(_) => None,
     };
     report(&mut reporter, &status);
     let redirector_counters = Arc::new(Mutex::new(BTreeMap::new()));
@@ -329,7 +335,7 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
         }
         if let Some(r) = &mut reporter {
             if let Err(e) = r.heartbeat() {
-                eprintln!("palisade-dataplane: reporting to Felix: {e}");
+                eprintln!("palisade-dataplane: reporting: {e}");
             }
         }
         let appeared = agent.awaited.iter().any(|name| palisade_bpf::ifindex(name).is_ok());
@@ -365,13 +371,13 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
-/// Tells a driving Felix what is enforced (nothing without one).
-fn report(reporter: &mut Option<crate::felix_driver::Reporter>, status: &Mutex<Status>) {
+/// Tells a driving Felix or the control plane what is enforced (no one when reading files).
+fn report(reporter: &mut Option<Reporter>, status: &Mutex<Status>) {
     let Some(r) = reporter else { return };
     let st = status.lock().expect("lock");
     let hosts: Vec<String> = st.host_interfaces.values().flatten().cloned().collect();
     if let Err(e) = r.enforced(&st.endpoints, &st.missing_interfaces, &hosts) {
-        eprintln!("palisade-dataplane: reporting to Felix: {e}");
+        eprintln!("palisade-dataplane: reporting: {e}");
     }
 }
 

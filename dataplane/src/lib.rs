@@ -20,5 +20,6 @@ pub mod felix_driver;
 pub mod host;
 pub mod ipset;
 pub mod packet;
+pub mod report;
 pub mod stats;
 pub mod worker;
