@@ -560,6 +560,10 @@ fn host_egress(
         if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) } <= 0 {
             continue;
         }
+        // A state published while this thread slept decides what woke it (the packets wait).
+        if !Arc::ptr_eq(&snap, &snapshot.load()) {
+            continue;
+        }
         for (i, tap) in taps.iter().enumerate() {
             // Drain what is ready, a bounded batch per TAP and round.
             for _ in 0..64 {

@@ -279,7 +279,12 @@ spec:
     assert!(!r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 9090, 4), "untracked ingress allow alone: the replies have no connection to match");
     let both_ways = untracked_in.to_string() + "  egress:\n    - {action: Allow, protocol: TCP, source: {ports: [9090]}}\n";
     r.apply(&both_ways);
-    assert!(r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 9090, 4), "with the untracked egress allow for the replies, it works");
+    assert!(
+        r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 9090, 4),
+        "with the untracked egress allow for the replies, it works\n{}\n{}",
+        r.dp.log(),
+        r.stats()
+    );
     assert!(!r.to_host(SIDE_A, SIDE_A, Protocol::Tcp, 8080, 4), "other ports still end in the normal default deny");
 }
 

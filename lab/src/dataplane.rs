@@ -136,6 +136,19 @@ impl Dataplane {
 
     /// Waits until revision `revision` (or a later one) is enforced with no missing interface.
     pub fn wait_for(&mut self, revision: u64, timeout: Duration) -> Result<(), String> {
+        self.wait_until(&format!("enforce revision {revision}"), timeout, |st| st["revision"].as_u64().unwrap_or(0) >= revision)
+    }
+
+    /// Waits until the agent is in sync with its control plane at datastore revision `revision`
+    /// or later (and has every interface it needs).
+    pub fn wait_for_applied(&mut self, revision: i64, timeout: Duration) -> Result<(), String> {
+        self.wait_until(&format!("apply datastore revision {revision}"), timeout, |st| {
+            st["applied_revision"].as_i64().unwrap_or(0) >= revision && st["in_sync"].as_bool() == Some(true)
+        })
+    }
+
+    /// Waits until the served status satisfies `done` and no interface is missing.
+    fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -144,43 +157,20 @@ impl Dataplane {
             }
             if let Ok(v) = self.stats() {
                 let st = &v["status"];
-                if st["revision"].as_u64().unwrap_or(0) >= revision && st["missing_interfaces"].as_array().is_some_and(|m| m.is_empty()) {
+                if done(st) && st["missing_interfaces"].as_array().is_some_and(|m| m.is_empty()) {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("palisade-dataplane did not enforce revision {revision} within {timeout:?}"));
+                return Err(format!("palisade-dataplane did not {what} within {timeout:?}:\n{}", self.log()));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// What it has written to stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
-    }
-
-    /// Waits until the agent is in sync with its control plane at datastore revision `revision`
-    /// or later (and has every interface it needs).
-    pub fn wait_for_applied(&mut self, revision: i64, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                return Err(format!("palisade-dataplane exited ({status}):\n{}", self.log()));
-            }
-            if let Ok(v) = self.stats() {
-                let st = &v["status"];
-                let applied = st["applied_revision"].as_i64().unwrap_or(0) >= revision && st["in_sync"].as_bool() == Some(true);
-                if applied && st["missing_interfaces"].as_array().is_some_and(|m| m.is_empty()) {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("palisade-dataplane did not apply datastore revision {revision} within {timeout:?}:\n{}", self.log()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// The revision it enforces now (the agent's own count of states applied).
