@@ -34,7 +34,7 @@ pub enum Event {
     /// enforcing what it has until that snapshot's `InSync`).
     Restarted,
     /// A message of the stream.
-    Message(ToDataplane),
+    Message(Box<ToDataplane>),
 }
 
 /// Follows `node`'s view from the control plane at `url` in a thread of its own: every message
@@ -82,7 +82,7 @@ async fn stream(
         let Ok(next) = next else { continue };
         let Some(msg) = next.map_err(|e| e.to_string())? else { return Err("the stream ended".into()) };
         *backoff = Duration::from_millis(100);
-        if tx.send(Event::Message(msg)).is_err() {
+        if tx.send(Event::Message(Box::new(msg))).is_err() {
             return Ok(());
         }
     }

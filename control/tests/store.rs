@@ -92,7 +92,7 @@ impl Follower {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left).unwrap_or_else(|e| panic!("no view at revision {revision}: {e}")) {
                 Event::Restarted => self.view.restart(),
-                Event::Message(m) => self.view.apply(m).expect("the control plane sends valid messages"),
+                Event::Message(m) => self.view.apply(*m).expect("the control plane sends valid messages"),
             }
         }
     }

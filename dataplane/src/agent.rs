@@ -155,7 +155,7 @@ impl Feed {
                     match event {
                         Event::Restarted => receiver.restart(),
                         Event::Message(m) => {
-                            if let Err(e) = receiver.apply(m) {
+                            if let Err(e) = receiver.apply(*m) {
                                 errors.push(e);
                             }
                         }

@@ -29,7 +29,7 @@ pub fn read_messages(stop: Arc<AtomicBool>) -> io::Result<mpsc::Receiver<Event>>
         loop {
             match read_frame::<ToDataplane>(&mut input) {
                 Ok(Some(msg)) => {
-                    if tx.send(Event::Message(msg)).is_err() {
+                    if tx.send(Event::Message(Box::new(msg))).is_err() {
                         return;
                     }
                 }
