@@ -43,21 +43,36 @@ pub enum Event {
 /// is set or the receiver is dropped.
 pub fn follow(url: String, node: String, security: Security, stop: Arc<AtomicBool>) -> std::io::Result<mpsc::Receiver<Event>> {
     let (tx, rx) = mpsc::channel();
+    let what = format!("control plane {url}");
+    let stop2 = stop.clone();
+    reconnecting("palisade-sync", what, stop, async move |backoff: &mut Duration| stream(&url, &node, &security, &tx, &stop2, backoff).await)?;
+    Ok(rx)
+}
+
+/// Runs `once` in a thread of its own (on a runtime of its own) until it returns `Ok` or `stop`
+/// is set, again after each `Err`, backing off from 100 ms to 2 s (`once` may reset the backoff
+/// once it is connected).
+fn reconnecting(
+    thread: &str,
+    what: String,
+    stop: Arc<AtomicBool>,
+    mut once: impl AsyncFnMut(&mut Duration) -> Result<(), String> + Send + 'static,
+) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("palisade-sync".into()).spawn(move || {
+    std::thread::Builder::new().name(thread.into()).spawn(move || {
         runtime.block_on(async move {
             let mut backoff = Duration::from_millis(100);
             while !stop.load(Ordering::Relaxed) {
-                match stream(&url, &node, &security, &tx, &stop, &mut backoff).await {
+                match once(&mut backoff).await {
                     Ok(()) => return,
-                    Err(e) => eprintln!("palisade-dataplane: control plane {url}: {e}; retrying in {backoff:?}"),
+                    Err(e) => eprintln!("palisade-dataplane: {what}: {e}; retrying in {backoff:?}"),
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         })
     })?;
-    Ok(rx)
+    Ok(())
 }
 
 /// One subscription: `Ok` when told to stop, `Err` when the stream broke.
@@ -100,20 +115,11 @@ pub fn report(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<tokio::sync::mpsc::UnboundedSender<FromDataplane>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<FromDataplane>();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("palisade-report".into()).spawn(move || {
-        runtime.block_on(async move {
-            let mut latest = Latest::default();
-            let mut backoff = Duration::from_millis(100);
-            while !stop.load(Ordering::Relaxed) {
-                match send_reports(&url, &node, &security, &mut rx, &mut latest, &stop).await {
-                    Ok(()) => return,
-                    Err(e) => eprintln!("palisade-dataplane: reporting to {url}: {e}; retrying in {backoff:?}"),
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        })
+    let mut latest = Latest::default();
+    let what = format!("reporting to {url}");
+    let stop2 = stop.clone();
+    reconnecting("palisade-report", what, stop, async move |_: &mut Duration| {
+        send_reports(&url, &node, &security, &mut rx, &mut latest, &stop2).await
     })?;
     Ok(tx)
 }

@@ -64,16 +64,19 @@ impl Clusters {
         let validated = cache.written.as_ref().filter(|(r, v, _)| *r == state.revision && same_manifests(v, &state)).map(|(_, _, c)| c.clone());
         let cluster = match validated {
             Some(c) => c,
-            None => {
-                let s = state.clone();
-                let built = tokio::task::spawn_blocking(move || s.cluster()).await.map_err(|e| e.to_string())?;
-                Arc::new(built.map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?)
-            }
+            None => Arc::new(model_of((*state).clone()).await?),
         };
         let shared = Arc::new(Shared::new(&cluster));
         cache.built = Some((state.revision, cluster.clone(), shared.clone()));
         Ok((cluster, shared))
     }
+}
+
+/// The cluster model of `state`, built on a blocking thread, or the errors that keep it from
+/// loading, one per line.
+async fn model_of(state: State) -> Result<Cluster, String> {
+    let built = tokio::task::spawn_blocking(move || state.cluster()).await.map_err(|e| e.to_string())?;
+    built.map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
 }
 
 /// Whether two states hold the same manifests under the same keys (revisions aside).
@@ -136,19 +139,10 @@ impl Control {
                 }
             }
         }
-        let cluster = match tokio::task::spawn_blocking({
-            let next = next.clone();
-            move || next.cluster()
-        })
-        .await
-        {
-            Ok(Ok(c)) => Arc::new(c),
-            Ok(Err(errs)) => {
-                let msg: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-                return Err(Status::invalid_argument(format!("the change was refused whole, the stored state is unchanged:\n{}", msg.join("\n"))));
-            }
-            Err(e) => return Err(Status::internal(e.to_string())),
-        };
+        let cluster = model_of(next.clone())
+            .await
+            .map_err(|msg| Status::invalid_argument(format!("the change was refused whole, the stored state is unchanged:\n{msg}")))?;
+        let cluster = Arc::new(cluster);
         // Subscribers wait for the cache while the write is under way, so that the state it
         // produces is not built a second time.
         let revision = {

@@ -314,18 +314,12 @@ impl NodeView {
             for p in &ep.profiles {
                 if let Some(profile) = cluster.profiles.get(p) {
                     if !calc.view.profiles.contains_key(p) {
-                        let cached = lock(&shared.profiles).get(p).cloned();
-                        let active = match cached {
-                            Some(a) => {
-                                calc.add_sets(a.inbound.iter().chain(&a.outbound));
-                                a
-                            }
-                            None => {
-                                let a = Arc::new(ActiveProfile { inbound: calc.rules(&profile.ingress), outbound: calc.rules(&profile.egress) });
-                                lock(&shared.profiles).insert(p.clone(), a.clone());
-                                a
-                            }
-                        };
+                        let active = calc.shared_or(
+                            &shared.profiles,
+                            p,
+                            |a| [&a.inbound, &a.outbound],
+                            |c| ActiveProfile { inbound: c.rules(&profile.ingress), outbound: c.rules(&profile.egress) },
+                        );
                         calc.view.profiles.insert(p.clone(), active);
                     }
                 }
@@ -333,24 +327,18 @@ impl NodeView {
             calc.view.endpoints.insert(ep.name.clone(), Arc::new(view));
         }
         for (id, p) in used {
-            let cached = lock(&shared.policies).get(&id).cloned();
-            let active = match cached {
-                Some(a) => {
-                    calc.add_sets(a.inbound.iter().chain(&a.outbound));
-                    a
-                }
-                None => {
-                    let a = Arc::new(ActivePolicy {
-                        namespace: p.namespace.clone(),
-                        inbound: calc.rules(&p.ingress),
-                        outbound: calc.rules(&p.egress),
-                        untracked: p.do_not_track,
-                        pre_dnat: p.pre_dnat,
-                    });
-                    lock(&shared.policies).insert(id.clone(), a.clone());
-                    a
-                }
-            };
+            let active = calc.shared_or(
+                &shared.policies,
+                &id,
+                |a| [&a.inbound, &a.outbound],
+                |c| ActivePolicy {
+                    namespace: p.namespace.clone(),
+                    inbound: c.rules(&p.ingress),
+                    outbound: c.rules(&p.egress),
+                    untracked: p.do_not_track,
+                    pre_dnat: p.pre_dnat,
+                },
+            );
             calc.view.policies.insert(id, active);
         }
         calc.view
@@ -392,6 +380,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Calc<'_, '_> {
+    /// A converted policy or profile from the shared cache (adding the sets its rules use to this
+    /// view), or converted here by `convert` and shared.
+    fn shared_or<K: std::hash::Hash + Eq + Clone, V>(
+        &mut self,
+        cache: &Mutex<HashMap<K, Arc<V>>>,
+        key: &K,
+        rules: impl Fn(&V) -> [&Vec<SetRule>; 2],
+        convert: impl FnOnce(&mut Self) -> V,
+    ) -> Arc<V> {
+        let cached = lock(cache).get(key).cloned();
+        match cached {
+            Some(v) => {
+                self.add_sets(rules(&v).into_iter().flatten());
+                v
+            }
+            None => {
+                let v = Arc::new(convert(self));
+                lock(cache).insert(key.clone(), v.clone());
+                v
+            }
+        }
+    }
+
     /// Adds the sets that already-converted rules refer to (all computed when they were converted).
     fn add_sets<'r>(&mut self, rules: impl Iterator<Item = &'r SetRule>) {
         for r in rules {
