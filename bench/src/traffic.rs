@@ -64,15 +64,24 @@ pub(crate) fn measure_window(
     let sent = Arc::new(AtomicU64::new(0));
     let generator = generator(ns, ports, frame, sent.clone())?;
     std::thread::sleep(warmup);
-    let (sent0, got0, cpu0, t0) = (sent.load(Relaxed), count()?, cpu_times(FORWARDER_CPU)?, Instant::now());
+    // Reading the counter can take milliseconds (a subprocess on a busy CPU), so each reading is
+    // bracketed: the sent count and the clock are taken at the middle of the read.
+    let start = Instant::now();
+    let reading = || -> Result<(f64, u64, f64), String> {
+        let (sent_before, at_before) = (sent.load(Relaxed), start.elapsed().as_secs_f64());
+        let got = count()?;
+        let (sent_after, at_after) = (sent.load(Relaxed), start.elapsed().as_secs_f64());
+        Ok(((sent_before + sent_after) as f64 / 2.0, got, (at_before + at_after) / 2.0))
+    };
+    let ((sent0, got0, at0), cpu0) = (reading()?, cpu_times(FORWARDER_CPU)?);
     std::thread::sleep(window);
-    let (sent1, got1, cpu1, elapsed) = (sent.load(Relaxed), count()?, cpu_times(FORWARDER_CPU)?, t0.elapsed());
+    let ((sent1, got1, at1), cpu1) = (reading()?, cpu_times(FORWARDER_CPU)?);
     generator.stop()?;
-    let secs = elapsed.as_secs_f64();
+    let secs = at1 - at0;
     let counted = got1.saturating_sub(got0) as f64;
     let busy = (cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64;
     Ok(Measured {
-        offered_pps: (sent1 - sent0) as f64 / secs,
+        offered_pps: (sent1 - sent0) / secs,
         counted_pps: counted / secs,
         cpu_ns_per_packet: if counted > 0.0 { busy * secs * 1e9 / counted } else { f64::NAN },
         cpu_busy: busy,
