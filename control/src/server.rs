@@ -19,6 +19,7 @@ use crate::proto::{
 use crate::store::{Change, Datastore, Key, State};
 use crate::tls::{self, Peer, Security};
 use palisade_policy::calc::{NodeView, Shared};
+use palisade_policy::convert::PolicyCache;
 use palisade_policy::load::parse_documents;
 use palisade_policy::model::Cluster;
 use std::collections::BTreeMap;
@@ -45,7 +46,11 @@ pub struct Control {
 /// model is kept and used for the revision the datastore gives the write, if the state published
 /// at that revision holds exactly those manifests.
 #[derive(Default)]
-struct Clusters(tokio::sync::Mutex<ClusterCache>);
+struct Clusters {
+    cache: tokio::sync::Mutex<ClusterCache>,
+    /// Policies converted by earlier builds (of writes to validate and of published states).
+    converted: Arc<std::sync::Mutex<PolicyCache>>,
+}
 
 #[derive(Default)]
 struct ClusterCache {
@@ -57,14 +62,14 @@ struct ClusterCache {
 
 impl Clusters {
     async fn of(&self, state: Arc<State>) -> Result<(Arc<Cluster>, Arc<Shared>), String> {
-        let mut cache = self.0.lock().await;
+        let mut cache = self.cache.lock().await;
         if let Some((_, c, s)) = cache.built.as_ref().filter(|(r, _, _)| *r == state.revision) {
             return Ok((c.clone(), s.clone()));
         }
         let validated = cache.written.as_ref().filter(|(r, v, _)| *r == state.revision && same_manifests(v, &state)).map(|(_, _, c)| c.clone());
         let cluster = match validated {
             Some(c) => c,
-            None => Arc::new(model_of((*state).clone()).await?),
+            None => Arc::new(model_of((*state).clone(), self.converted.clone()).await?),
         };
         let shared = Arc::new(Shared::new(&cluster));
         cache.built = Some((state.revision, cluster.clone(), shared.clone()));
@@ -72,10 +77,11 @@ impl Clusters {
     }
 }
 
-/// The cluster model of `state`, built on a blocking thread, or the errors that keep it from
-/// loading, one per line.
-async fn model_of(state: State) -> Result<Cluster, String> {
-    let built = tokio::task::spawn_blocking(move || state.cluster()).await.map_err(|e| e.to_string())?;
+/// The cluster model of `state`, built on a blocking thread (converting only the policies not in
+/// `converted`), or the errors that keep it from loading, one per line.
+async fn model_of(state: State, converted: Arc<std::sync::Mutex<PolicyCache>>) -> Result<Cluster, String> {
+    let build = move || state.cluster(&mut converted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    let built = tokio::task::spawn_blocking(build).await.map_err(|e| e.to_string())?;
     built.map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
 }
 
@@ -139,14 +145,14 @@ impl Control {
                 }
             }
         }
-        let cluster = model_of(next.clone())
+        let cluster = model_of(next.clone(), self.clusters.converted.clone())
             .await
             .map_err(|msg| Status::invalid_argument(format!("the change was refused whole, the stored state is unchanged:\n{msg}")))?;
         let cluster = Arc::new(cluster);
         // Subscribers wait for the cache while the write is under way, so that the state it
         // produces is not built a second time.
         let revision = {
-            let mut cache = self.clusters.0.lock().await;
+            let mut cache = self.clusters.cache.lock().await;
             let revision = self.ds.write(changes).await.map_err(Status::unavailable)?;
             cache.written = Some((revision, next, cluster));
             revision

@@ -5,6 +5,7 @@
 //! writes go to the datastore and come back through that channel, so the channel is the one
 //! source of truth for the server and its subscribers.
 
+use palisade_policy::convert::PolicyCache;
 use palisade_policy::load::{load_documents, resource_from_value, Error, Loaded};
 use palisade_policy::model::Cluster;
 use palisade_policy::resources::Resource;
@@ -64,8 +65,9 @@ impl std::fmt::Display for Key {
 pub struct Stored {
     /// Its manifest.
     pub doc: Arc<Value>,
-    /// The manifest as a typed resource.
-    pub parsed: Arc<Result<Loaded, Error>>,
+    /// The manifest as a typed resource, shared by every state holding this version of it (which
+    /// lets a build reuse what it converted, see [`State::cluster`]).
+    pub parsed: Result<Arc<Loaded>, Error>,
     /// The store revision that last changed it.
     pub revision: i64,
 }
@@ -73,8 +75,8 @@ pub struct Stored {
 impl Stored {
     /// Reads `doc`, stored under `key` at `revision`.
     pub fn new(key: &Key, doc: Value, revision: i64) -> Stored {
-        let parsed = resource_from_value(doc.clone(), &key.to_string()).map(|resource| Loaded { resource, file: None });
-        Stored { doc: Arc::new(doc), parsed: Arc::new(parsed), revision }
+        let parsed = resource_from_value(doc.clone(), &key.to_string()).map(|resource| Arc::new(Loaded { resource, file: None }));
+        Stored { doc: Arc::new(doc), parsed, revision }
     }
 }
 
@@ -89,20 +91,20 @@ pub struct State {
 
 impl State {
     /// The cluster model of the state, or every error that keeps it from loading (each naming
-    /// the resource and field).
-    pub fn cluster(&self) -> Result<Cluster, Vec<Error>> {
-        let mut loaded: Vec<&Loaded> = Vec::with_capacity(self.resources.len());
+    /// the resource and field). Policies that `cache` converted before are not converted again.
+    pub fn cluster(&self, cache: &mut PolicyCache) -> Result<Cluster, Vec<Error>> {
+        let mut loaded: Vec<Arc<Loaded>> = Vec::with_capacity(self.resources.len());
         let mut errors = Vec::new();
         for s in self.resources.values() {
-            match &*s.parsed {
-                Ok(l) => loaded.push(l),
+            match &s.parsed {
+                Ok(l) => loaded.push(l.clone()),
                 Err(e) => errors.push(e.clone()),
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        palisade_policy::convert::build_cluster(&loaded)
+        palisade_policy::convert::build_cluster_cached(&loaded, cache)
     }
 }
 
@@ -134,9 +136,9 @@ impl DirStore {
 
     fn load(&self, revision: i64) -> Result<State, Vec<Error>> {
         let docs = load_documents(&[&self.dir])?;
-        let stored = |(l, doc): (Loaded, Value)| (Key::of(&l.resource), Stored { doc: Arc::new(doc), parsed: Arc::new(Ok(l)), revision });
+        let stored = |(l, doc): (Loaded, Value)| (Key::of(&l.resource), Stored { doc: Arc::new(doc), parsed: Ok(Arc::new(l)), revision });
         let state = State { revision, resources: docs.into_iter().map(stored).collect() };
-        state.cluster()?;
+        state.cluster(&mut PolicyCache::default())?;
         Ok(state)
     }
 }

@@ -10,21 +10,82 @@ use crate::model::*;
 use crate::resources::*;
 use crate::selector::Selector;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Builds the validated cluster model from loaded resources, or returns every error found.
 pub fn build_cluster<L: std::borrow::Borrow<Loaded>>(loaded: &[L]) -> Result<Cluster, Vec<Error>> {
-    let loaded: Vec<&Loaded> = loaded.iter().map(|l| l.borrow()).collect();
-    let mut b = Builder::default();
-    b.check_duplicates(&loaded);
-    b.collect_namespaces(&loaded);
-    for l in loaded {
+    let refs: Vec<&Loaded> = loaded.iter().map(|l| l.borrow()).collect();
+    let mut b = Builder::start(&refs);
+    for l in refs {
         b.current_file = l.file.clone();
         b.resource(&l.resource);
     }
     b.finish()
 }
+
+/// [`build_cluster`], converting again only the policies whose resources `cache` has not seen:
+/// a policy converted by an earlier build from the same shared resource is reused as it is.
+pub fn build_cluster_cached(loaded: &[Arc<Loaded>], cache: &mut PolicyCache) -> Result<Cluster, Vec<Error>> {
+    let refs: Vec<&Loaded> = loaded.iter().map(|l| &**l).collect();
+    let mut b = Builder::start(&refs);
+    cache.generation += 1;
+    for l in loaded {
+        b.current_file = l.file.clone();
+        if l.resource.is_policy() {
+            cache.convert(&mut b, l);
+        } else {
+            b.resource(&l.resource);
+        }
+    }
+    let generation = cache.generation;
+    cache.entries.retain(|_, e| e.used + 1 >= generation);
+    b.finish()
+}
+
+/// Policies converted by earlier builds, by the identity of the resource they came from (an
+/// `Arc<Loaded>` that the caller keeps sharing while it does not change). Converting a policy is
+/// most of a build's time (microseconds per rule), and a change touches one resource, so a build
+/// with the cache costs what the change costs. Entries unused by the last two builds are dropped.
+#[derive(Default)]
+pub struct PolicyCache {
+    entries: HashMap<usize, CachedPolicy>,
+    generation: u64,
+}
+
+struct CachedPolicy {
+    /// Keeps the resource alive, so that its address identifies it while the entry exists.
+    _source: Arc<Loaded>,
+    policy: Option<Arc<Policy>>,
+    tier_ref: Option<TierRef>,
+    errors: Vec<Error>,
+    used: u64,
+}
+
+impl PolicyCache {
+    /// Adds the policy of `l` to `b`, converted now or by an earlier build.
+    fn convert(&mut self, b: &mut Builder, l: &Arc<Loaded>) {
+        let entry = self.entries.entry(Arc::as_ptr(l) as usize).or_insert_with(|| {
+            let (errors, policies, tier_refs) = (b.errors.len(), b.policies.len(), b.tier_refs.len());
+            b.resource(&l.resource);
+            CachedPolicy {
+                _source: l.clone(),
+                policy: b.policies.drain(policies..).next(),
+                tier_ref: b.tier_refs.drain(tier_refs..).next(),
+                errors: b.errors.drain(errors..).collect(),
+                used: 0,
+            }
+        });
+        entry.used = self.generation;
+        b.errors.extend(entry.errors.iter().cloned());
+        b.policies.extend(entry.policy.clone());
+        b.tier_refs.extend(entry.tier_ref.clone());
+    }
+}
+
+/// A tier a policy names, the policy and its file: checked once every tier is known.
+type TierRef = (String, String, Option<std::path::PathBuf>);
 
 #[derive(Default)]
 struct Builder {
@@ -34,14 +95,14 @@ struct Builder {
     service_accounts: BTreeMap<(String, String), BTreeMap<String, String>>,
     user_profiles: Vec<Profile>,
     tiers: Vec<Tier>,
-    policies: Vec<Policy>,
+    policies: Vec<Arc<Policy>>,
     /// Endpoints before profile labels are inherited.
     endpoints: Vec<Endpoint>,
     /// Where each endpoint (same index) was defined, for errors about its addresses.
     endpoint_origins: Vec<EndpointOrigin>,
     network_sets: Vec<NetworkSet>,
     /// Tier referenced by each policy, for the existence check at the end.
-    tier_refs: Vec<(String, String, Option<std::path::PathBuf>)>,
+    tier_refs: Vec<TierRef>,
 }
 
 /// The resource an endpoint came from and the field of each of its addresses.
@@ -611,6 +672,14 @@ fn k8s_peer(c: &mut Ctx, field: &str, p: &K8sPeer) -> V3Entity {
 }
 
 impl Builder {
+    /// A builder for `loaded`, with duplicates and namespaces checked.
+    fn start(loaded: &[&Loaded]) -> Builder {
+        let mut b = Builder::default();
+        b.check_duplicates(loaded);
+        b.collect_namespaces(loaded);
+        b
+    }
+
     fn ctx(&mut self, r: &Resource) -> Ctx<'_> {
         Ctx { id: r.display_id(), errors: &mut self.errors, file: self.current_file.clone() }
     }
@@ -936,7 +1005,7 @@ impl Builder {
         let name = if kind.is_staged() { format!("staged:{base_name}") } else { base_name };
         let scope = ns.as_deref();
         self.tier_refs.push((tier.clone(), r.display_id(), file));
-        self.policies.push(Policy {
+        self.policies.push(Arc::new(Policy {
             name,
             kind,
             namespace: ns.clone(),
@@ -951,7 +1020,7 @@ impl Builder {
             pre_dnat: spec.pre_dnat,
             apply_on_forward: spec.apply_on_forward || namespaced,
             staged_action,
-        });
+        }));
     }
 
     fn k8s_policy(&mut self, r: &Resource, m: &Metadata, spec: &K8sNetworkPolicySpec, kind: PolicyKind) {
@@ -992,7 +1061,7 @@ impl Builder {
         }
         let selector = Selector::And(vec![orchestrator_k8s().and(pod_sel), ns_label_selector(&ns)]);
         let name = format!("{ns}/knp.default.{}", m.name);
-        self.policies.push(Policy {
+        self.policies.push(Arc::new(Policy {
             name: if kind.is_staged() { format!("staged:{name}") } else { name },
             kind,
             namespace: Some(ns.clone()),
@@ -1007,7 +1076,7 @@ impl Builder {
             pre_dnat: false,
             apply_on_forward: true,
             staged_action,
-        });
+        }));
     }
 
     fn finish(mut self) -> Result<Cluster, Vec<Error>> {
@@ -1153,4 +1222,49 @@ fn endpoint_ports(c: &mut Ctx, ports: &[EndpointPort]) -> Vec<NamedPort> {
 /// The namespace of a namespaced resource (`default` when unset); `None` for global kinds.
 fn namespace_of(r: &Resource) -> Option<String> {
     r.is_namespaced().then(|| r.metadata().namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(yaml: &str) -> Vec<Arc<Loaded>> {
+        let docs = crate::load::parse_str(yaml).expect("parses");
+        docs.into_iter().map(|resource| Arc::new(Loaded { resource, file: None })).collect()
+    }
+
+    const POLICIES: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a}\nspec:\n  selector: all()\n  ingress: [{action: Deny, protocol: TCP, destination: {ports: [22]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: b, namespace: x}\nspec:\n  selector: app == 'web'\n  egress: [{action: Allow, destination: {selector: app == 'db'}}]\n";
+
+    #[test]
+    fn cached_builds_equal_fresh_ones_and_convert_only_new_resources() {
+        let mut cache = PolicyCache::default();
+        let first = loaded(POLICIES);
+        let a = build_cluster_cached(&first, &mut cache).expect("builds");
+        assert_eq!(a, build_cluster(&first).expect("builds"));
+        // `b` edited: a new resource; `a` the same shared one.
+        let mut second = vec![first[0].clone()];
+        second.extend(loaded(&POLICIES.replace("app == 'db'", "app == 'cache'"))[1..].iter().cloned());
+        let b = build_cluster_cached(&second, &mut cache).expect("builds");
+        assert_eq!(b, build_cluster(&second).expect("builds"));
+        let by_name = |c: &Cluster, n: &str| c.policies.iter().find(|p| p.name == n).expect("policy").clone();
+        assert!(Arc::ptr_eq(&by_name(&a, "a"), &by_name(&b, "a")), "the unchanged policy is reused");
+        assert!(!Arc::ptr_eq(&by_name(&a, "x/b"), &by_name(&b, "x/b")), "the edited policy is converted again");
+        assert_ne!(by_name(&a, "x/b"), by_name(&b, "x/b"));
+    }
+
+    #[test]
+    fn cached_errors_are_reported_again() {
+        let mut cache = PolicyCache::default();
+        let bad = loaded(&POLICIES.replace("app == 'web'", "app == ("));
+        let first = build_cluster_cached(&bad, &mut cache).expect_err("refused");
+        let second = build_cluster_cached(&bad, &mut cache).expect_err("refused again");
+        assert_eq!(first, second);
+        assert!(first[0].to_string().contains("spec.selector"), "{}", first[0]);
+        // A tier that does not exist is found at the end of every build, cached or not.
+        let tiered = loaded(&POLICIES.replace("metadata: {name: a}\nspec:\n", "metadata: {name: a}\nspec:\n  tier: missing\n"));
+        for _ in 0..2 {
+            let errs = build_cluster_cached(&tiered, &mut cache).expect_err("refused");
+            assert!(errs.iter().any(|e| e.to_string().contains("tier \"missing\" does not exist")), "{errs:?}");
+        }
+    }
 }

@@ -426,8 +426,9 @@ pub struct NetworkSet {
 pub struct Cluster {
     /// Tiers by ascending order (unset last), ties by name; always includes `default`.
     pub tiers: Vec<Tier>,
-    /// Policies grouped by tier in tier order, then by order (unset last), ties by name.
-    pub policies: Vec<Policy>,
+    /// Policies grouped by tier in tier order, then by order (unset last), ties by name; shared
+    /// with the conversion cache (`convert::PolicyCache`) and later builds.
+    pub policies: Vec<std::sync::Arc<Policy>>,
     /// Profiles by name.
     pub profiles: BTreeMap<String, Profile>,
     /// Endpoints.
@@ -484,7 +485,7 @@ impl<'c> PolicyIndex<'c> {
             (Some(_), None) => g.next(),
             (None, _) => l.next(),
         });
-        self.cluster.views(ep, dir, stage, merged.map(|&i| &self.cluster.policies[i]))
+        self.cluster.views(ep, dir, stage, merged.map(|&i| &*self.cluster.policies[i]))
     }
 }
 
@@ -610,7 +611,7 @@ impl Cluster {
         let ns = ep.labels.get(LABEL_NAMESPACE).map(String::as_str);
         // Namespaced policies' selectors require the endpoint's namespace: checking that first
         // skips most selectors.
-        self.views(ep, dir, stage, self.policies.iter().filter(|p| p.selector.required_value(LABEL_NAMESPACE).is_none_or(|v| ns == Some(v))))
+        self.views(ep, dir, stage, self.policies.iter().map(|p| &**p).filter(|p| p.selector.required_value(LABEL_NAMESPACE).is_none_or(|v| ns == Some(v))))
     }
 
     /// The tier views of the `candidates` (policies in cluster order) that apply.

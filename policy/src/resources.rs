@@ -519,6 +519,19 @@ impl Resource {
         }
     }
 
+    /// Whether the kind is a policy (Kubernetes or Calico, staged or not).
+    pub fn is_policy(&self) -> bool {
+        matches!(
+            self,
+            Resource::K8sNetworkPolicy(..)
+                | Resource::StagedK8sNetworkPolicy(..)
+                | Resource::NetworkPolicy(..)
+                | Resource::GlobalNetworkPolicy(..)
+                | Resource::StagedNetworkPolicy(..)
+                | Resource::StagedGlobalNetworkPolicy(..)
+        )
+    }
+
     /// Whether the kind lives in a namespace.
     pub fn is_namespaced(&self) -> bool {
         matches!(
