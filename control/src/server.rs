@@ -18,7 +18,7 @@ use crate::proto::{
 };
 use crate::store::{Change, Datastore, Key, State};
 use crate::tls::{self, Peer, Security};
-use palisade_policy::calc::{NodeView, Shared};
+use palisade_policy::calc::{NodeView, PolicyRules, Shared};
 use palisade_policy::convert::PolicyCache;
 use palisade_policy::load::parse_documents;
 use palisade_policy::model::Cluster;
@@ -50,6 +50,8 @@ struct Clusters {
     cache: tokio::sync::Mutex<ClusterCache>,
     /// Policies converted by earlier builds (of writes to validate and of published states).
     converted: Arc<std::sync::Mutex<PolicyCache>>,
+    /// Policies in IP-set form, converted for earlier revisions' views.
+    rules: Arc<PolicyRules>,
 }
 
 #[derive(Default)]
@@ -71,7 +73,7 @@ impl Clusters {
             Some(c) => c,
             None => Arc::new(model_of((*state).clone(), self.converted.clone()).await?),
         };
-        let shared = Arc::new(Shared::new(&cluster));
+        let shared = Arc::new(Shared::reusing(&cluster, &self.rules));
         cache.built = Some((state.revision, cluster.clone(), shared.clone()));
         Ok((cluster, shared))
     }

@@ -232,14 +232,99 @@ fn digest(s: &str) -> String {
 pub struct Shared {
     namespaces: EndpointsByNamespace,
     sets: Mutex<HashMap<String, Arc<SetMembers>>>,
-    policies: Mutex<HashMap<PolicyId, Arc<ActivePolicy>>>,
+    /// Converted policies, kept across clusters.
+    policies: Arc<PolicyRules>,
+    /// The cluster's policies by address, to keep the converted ones alive with them.
+    arcs: HashMap<usize, Arc<Policy>>,
     profiles: Mutex<HashMap<String, Arc<ActiveProfile>>>,
 }
 
 impl Shared {
     /// An empty cache for `cluster`'s views.
     pub fn new(cluster: &Cluster) -> Shared {
-        Shared { namespaces: EndpointsByNamespace::new(cluster), sets: Mutex::default(), policies: Mutex::default(), profiles: Mutex::default() }
+        Shared::reusing(cluster, &Arc::default())
+    }
+
+    /// A cache for `cluster`'s views that takes the policies `rules` converted for earlier
+    /// clusters (a policy of the same shared `Arc` is not converted again; see
+    /// `convert::PolicyCache`), and adds to it.
+    pub fn reusing(cluster: &Cluster, rules: &Arc<PolicyRules>) -> Shared {
+        {
+            let mut r = lock(&rules.0);
+            r.generation += 1;
+            let generation = r.generation;
+            r.policies.retain(|_, c| c.used + 1 >= generation);
+        }
+        Shared {
+            namespaces: EndpointsByNamespace::new(cluster),
+            sets: Mutex::default(),
+            policies: rules.clone(),
+            arcs: cluster.policies.iter().map(|p| (Arc::as_ptr(p) as usize, p.clone())).collect(),
+            profiles: Mutex::default(),
+        }
+    }
+}
+
+/// Policies converted to IP-set form, by the identity of the model's policy (an `Arc<Policy>`
+/// that later clusters share while the policy does not change), with the sources of the sets
+/// their rules use (whose members each cluster computes again). Entries not used by the last two
+/// clusters are dropped.
+#[derive(Default)]
+pub struct PolicyRules(Mutex<RulesInner>);
+
+#[derive(Default)]
+struct RulesInner {
+    policies: HashMap<usize, ConvertedPolicy>,
+    generation: u64,
+}
+
+struct ConvertedPolicy {
+    /// Keeps the policy alive, so that its address identifies it while the entry exists.
+    _policy: Arc<Policy>,
+    active: Arc<ActivePolicy>,
+    /// The sets its rules use, by ID.
+    sets: Vec<(String, SetSource)>,
+    used: u64,
+}
+
+/// What an IP set is computed from.
+#[derive(Clone, Debug)]
+enum SetSource {
+    /// The addresses of endpoints and network sets matching a selector.
+    Selector(Selector),
+    /// The addresses and ports of a named port on endpoints matching a selector (all endpoints
+    /// when `None`).
+    NamedPort(Option<Selector>, String),
+}
+
+impl SetSource {
+    fn id(&self) -> String {
+        match self {
+            SetSource::Selector(sel) => selector_set_id(sel),
+            SetSource::NamedPort(sel, name) => named_port_set_id(sel.as_ref(), name),
+        }
+    }
+
+    fn members(&self, cluster: &Cluster, namespaces: &EndpointsByNamespace) -> SetMembers {
+        match self {
+            SetSource::Selector(sel) => SetMembers::Nets(
+                namespaces
+                    .candidates(cluster, Some(sel))
+                    .filter(|e| sel.matches(&e.labels))
+                    .flat_map(|e| e.ips.iter().copied())
+                    .chain(cluster.network_sets.iter().filter(|n| sel.matches(&n.labels)).flat_map(|n| n.nets.iter().copied()))
+                    .collect(),
+            ),
+            SetSource::NamedPort(sel, name) => {
+                let mut members = BTreeSet::new();
+                for e in namespaces.candidates(cluster, sel.as_ref()).filter(|e| sel.as_ref().is_none_or(|s| s.matches(&e.labels))) {
+                    for p in e.ports.iter().filter(|p| p.name == *name) {
+                        members.extend(e.ips.iter().map(|n| (n.addr(), p.protocol, p.port)));
+                    }
+                }
+                SetMembers::NamedPorts(members)
+            }
+        }
     }
 }
 
@@ -253,7 +338,7 @@ impl NodeView {
     /// cluster computed.
     pub fn compute_shared<'c>(cluster: &'c Cluster, node: Option<&str>, shared: &Shared) -> NodeView {
         let index = PolicyIndex::new(cluster);
-        let mut calc = Calc { cluster, shared, view: NodeView::default() };
+        let mut calc = Calc { cluster, shared, view: NodeView::default(), sources: Vec::new() };
         let tier_defaults: HashMap<&str, TierDefault> = cluster.tiers.iter().map(|t| (t.name.as_str(), t.default_action)).collect();
         let mut used: BTreeMap<PolicyId, &'c Policy> = BTreeMap::new();
         // Workloads live on one node; a host endpoint without a node applies on every node.
@@ -314,12 +399,7 @@ impl NodeView {
             for p in &ep.profiles {
                 if let Some(profile) = cluster.profiles.get(p) {
                     if !calc.view.profiles.contains_key(p) {
-                        let active = calc.shared_or(
-                            &shared.profiles,
-                            p,
-                            |a| [&a.inbound, &a.outbound],
-                            |c| ActiveProfile { inbound: c.rules(&profile.ingress), outbound: c.rules(&profile.egress) },
-                        );
+                        let active = calc.profile(p, profile);
                         calc.view.profiles.insert(p.clone(), active);
                     }
                 }
@@ -327,18 +407,7 @@ impl NodeView {
             calc.view.endpoints.insert(ep.name.clone(), Arc::new(view));
         }
         for (id, p) in used {
-            let active = calc.shared_or(
-                &shared.policies,
-                &id,
-                |a| [&a.inbound, &a.outbound],
-                |c| ActivePolicy {
-                    namespace: p.namespace.clone(),
-                    inbound: c.rules(&p.ingress),
-                    outbound: c.rules(&p.egress),
-                    untracked: p.do_not_track,
-                    pre_dnat: p.pre_dnat,
-                },
-            );
+            let active = calc.policy(p);
             calc.view.policies.insert(id, active);
         }
         calc.view
@@ -373,6 +442,8 @@ struct Calc<'c, 's> {
     cluster: &'c Cluster,
     shared: &'s Shared,
     view: NodeView,
+    /// The sets used by the rules being converted, by ID.
+    sources: Vec<(String, SetSource)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -380,59 +451,90 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Calc<'_, '_> {
-    /// A converted policy or profile from the shared cache (adding the sets its rules use to this
-    /// view), or converted here by `convert` and shared.
-    fn shared_or<K: std::hash::Hash + Eq + Clone, V>(
-        &mut self,
-        cache: &Mutex<HashMap<K, Arc<V>>>,
-        key: &K,
-        rules: impl Fn(&V) -> [&Vec<SetRule>; 2],
-        convert: impl FnOnce(&mut Self) -> V,
-    ) -> Arc<V> {
-        let cached = lock(cache).get(key).cloned();
-        match cached {
-            Some(v) => {
-                self.add_sets(rules(&v).into_iter().flatten());
-                v
-            }
-            None => {
-                let v = Arc::new(convert(self));
-                lock(cache).insert(key.clone(), v.clone());
-                v
-            }
-        }
-    }
-
-    /// Adds the sets that already-converted rules refer to (all computed when they were converted).
-    fn add_sets<'r>(&mut self, rules: impl Iterator<Item = &'r SetRule>) {
-        for r in rules {
-            for side in [&r.src, &r.dst] {
-                for id in side.ip_sets.iter().chain(&side.not_ip_sets).chain(&side.named_port_sets).chain(&side.not_named_port_sets) {
-                    if !self.view.ip_sets.contains_key(id) {
-                        if let Some(m) = lock(&self.shared.sets).get(id).cloned() {
-                            self.view.ip_sets.insert(id.clone(), m);
+    /// A profile in IP-set form: converted for another node's view of this cluster (adding the
+    /// sets its rules use, all computed then, to this view), or converted now and shared.
+    fn profile(&mut self, name: &str, profile: &Profile) -> Arc<ActiveProfile> {
+        let cached = lock(&self.shared.profiles).get(name).cloned();
+        if let Some(active) = cached {
+            for r in active.inbound.iter().chain(&active.outbound) {
+                for side in [&r.src, &r.dst] {
+                    for id in side.ip_sets.iter().chain(&side.not_ip_sets).chain(&side.named_port_sets).chain(&side.not_named_port_sets) {
+                        if !self.view.ip_sets.contains_key(id) {
+                            if let Some(m) = lock(&self.shared.sets).get(id).cloned() {
+                                self.view.ip_sets.insert(id.clone(), m);
+                            }
                         }
                     }
                 }
             }
+            return active;
         }
+        let active = Arc::new(ActiveProfile { inbound: self.rules(&profile.ingress), outbound: self.rules(&profile.egress) });
+        lock(&self.shared.profiles).insert(name.to_string(), active.clone());
+        active
     }
 
-    /// A set by ID: from this view, from the shared cache, or computed by `members` (and shared).
-    fn set(&mut self, id: String, members: impl FnOnce(&Self) -> SetMembers) -> String {
-        if !self.view.ip_sets.contains_key(&id) {
-            let cached = lock(&self.shared.sets).get(&id).cloned();
-            let m = match cached {
-                Some(m) => m,
-                None => {
-                    let m = Arc::new(members(self));
-                    lock(&self.shared.sets).insert(id.clone(), m.clone());
-                    m
-                }
-            };
-            self.view.ip_sets.insert(id.clone(), m);
+    /// A policy in IP-set form: converted for an earlier cluster (its sets' members computed for
+    /// this one), or converted now and kept.
+    fn policy(&mut self, p: &Policy) -> Arc<ActivePolicy> {
+        let key = p as *const Policy as usize;
+        let cached = {
+            let mut rules = lock(&self.shared.policies.0);
+            let generation = rules.generation;
+            rules.policies.get_mut(&key).map(|c| {
+                c.used = generation;
+                (c.active.clone(), c.sets.clone())
+            })
+        };
+        if let Some((active, sets)) = cached {
+            for (id, source) in &sets {
+                self.add_set(id, source);
+            }
+            return active;
+        }
+        self.sources.clear();
+        let active = Arc::new(ActivePolicy {
+            namespace: p.namespace.clone(),
+            inbound: self.rules(&p.ingress),
+            outbound: self.rules(&p.egress),
+            untracked: p.do_not_track,
+            pre_dnat: p.pre_dnat,
+        });
+        // Only a policy of the cluster (not a copy) can be found again by its address.
+        if let Some(arc) = self.shared.arcs.get(&key) {
+            let mut rules = lock(&self.shared.policies.0);
+            let used = rules.generation;
+            let sets = std::mem::take(&mut self.sources);
+            rules.policies.insert(key, ConvertedPolicy { _policy: arc.clone(), active: active.clone(), sets, used });
+        }
+        active
+    }
+
+    /// The ID of the set of `source`, with its members added to the view.
+    fn set(&mut self, source: SetSource) -> String {
+        let id = source.id();
+        self.add_set(&id, &source);
+        if !self.sources.iter().any(|(i, _)| *i == id) {
+            self.sources.push((id.clone(), source));
         }
         id
+    }
+
+    /// Adds set `id` to the view: from the shared cache, or computed from `source` and shared.
+    fn add_set(&mut self, id: &str, source: &SetSource) {
+        if self.view.ip_sets.contains_key(id) {
+            return;
+        }
+        let cached = lock(&self.shared.sets).get(id).cloned();
+        let m = match cached {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(source.members(self.cluster, &self.shared.namespaces));
+                lock(&self.shared.sets).insert(id.to_string(), m.clone());
+                m
+            }
+        };
+        self.view.ip_sets.insert(id.to_string(), m);
     }
 
     fn rules(&mut self, rules: &[Rule]) -> Vec<SetRule> {
@@ -453,42 +555,18 @@ impl Calc<'_, '_> {
     }
 
     fn side(&mut self, m: &EntityMatch) -> SetMatch {
+        let selector = |s: &Selector| SetSource::Selector(s.clone());
+        let named = |n: &String| SetSource::NamedPort(m.selector.clone(), n.clone());
         SetMatch {
             nets: m.nets.clone(),
             not_nets: m.not_nets.clone(),
             ports: m.ports.clone(),
             not_ports: m.not_ports.clone(),
-            ip_sets: m.selector.iter().map(|s| self.selector_set(s)).collect(),
-            not_ip_sets: m.not_selector.iter().map(|s| self.selector_set(s)).collect(),
-            named_port_sets: m.named_ports.iter().map(|n| self.named_port_set(m.selector.as_ref(), n)).collect(),
-            not_named_port_sets: m.not_named_ports.iter().map(|n| self.named_port_set(m.selector.as_ref(), n)).collect(),
+            ip_sets: m.selector.iter().map(|s| self.set(selector(s))).collect(),
+            not_ip_sets: m.not_selector.iter().map(|s| self.set(selector(s))).collect(),
+            named_port_sets: m.named_ports.iter().map(|n| self.set(named(n))).collect(),
+            not_named_port_sets: m.not_named_ports.iter().map(|n| self.set(named(n))).collect(),
         }
-    }
-
-    fn selector_set(&mut self, sel: &Selector) -> String {
-        self.set(selector_set_id(sel), |c| {
-            let nets = c
-                .shared
-                .namespaces
-                .candidates(c.cluster, Some(sel))
-                .filter(|e| sel.matches(&e.labels))
-                .flat_map(|e| e.ips.iter().copied())
-                .chain(c.cluster.network_sets.iter().filter(|n| sel.matches(&n.labels)).flat_map(|n| n.nets.iter().copied()))
-                .collect();
-            SetMembers::Nets(nets)
-        })
-    }
-
-    fn named_port_set(&mut self, sel: Option<&Selector>, name: &str) -> String {
-        self.set(named_port_set_id(sel, name), |c| {
-            let mut members = BTreeSet::new();
-            for e in c.shared.namespaces.candidates(c.cluster, sel).filter(|e| sel.is_none_or(|s| s.matches(&e.labels))) {
-                for p in e.ports.iter().filter(|p| p.name == name) {
-                    members.extend(e.ips.iter().map(|n| (n.addr(), p.protocol, p.port)));
-                }
-            }
-            SetMembers::NamedPorts(members)
-        })
     }
 }
 
@@ -556,5 +634,28 @@ apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: al
         for node in ["n2", "n1", "n2", "n3"] {
             assert_eq!(NodeView::compute_shared(&c, Some(node), &shared), NodeView::compute(&c, Some(node)), "node {node}");
         }
+    }
+
+    #[test]
+    fn policies_converted_for_an_earlier_cluster_are_reused_with_this_clusters_set_members() {
+        use crate::convert::{build_cluster_cached, PolicyCache};
+        let loaded = |yaml: &str| -> Vec<Arc<Loaded>> {
+            parse_str(yaml).expect("parses").into_iter().map(|resource| Arc::new(Loaded { resource, file: None })).collect()
+        };
+        let (mut converted, rules) = (PolicyCache::default(), Arc::new(PolicyRules::default()));
+        let first = loaded(TWO_NODES);
+        let c1 = build_cluster_cached(&first, &mut converted).expect("builds");
+        let v1 = NodeView::compute_shared(&c1, Some("n1"), &Shared::reusing(&c1, &rules));
+        assert_eq!(v1, NodeView::compute(&c1, Some("n1")));
+        // The db pod moves to another address; the policies are the same shared resources.
+        let mut second = first.clone();
+        second[2] = loaded(&TWO_NODES.replace("10.0.0.2", "10.0.0.9"))[2].clone();
+        let c2 = build_cluster_cached(&second, &mut converted).expect("builds");
+        let v2 = NodeView::compute_shared(&c2, Some("n1"), &Shared::reusing(&c2, &rules));
+        assert_eq!(v2, NodeView::compute(&c2, Some("n1")), "reused policies, this cluster's members");
+        let id = PolicyId { tier: "default".into(), name: "web-in".into() };
+        assert!(Arc::ptr_eq(&v1.policies[&id], &v2.policies[&id]), "the unchanged policy was not converted again");
+        let db_set = selector_set_id(&Selector::parse("app == 'db'").expect("selector"));
+        assert_eq!(*v2.ip_sets[&db_set], SetMembers::Nets(["10.0.0.9/32".parse().expect("net")].into()));
     }
 }
