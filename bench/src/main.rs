@@ -101,7 +101,8 @@ enum Command {
         round_trips: usize,
     },
     /// The control plane (run as root): policy change → enforced by an agent with a policy of
-    /// `--rules` rules loaded (p50/p99 over `--changes` changes), then fan-out of one change to
+    /// `--rules` rules loaded (p50/p99 over `--changes` edits of a policy, and over a fifth as many
+    /// new policies), then fan-out of one change to
     /// `--agents` simulated agents with `--pods` pods and `--policies` policies stored. Real
     /// etcd and palisade-control in a namespace of their own.
     Sync {
@@ -384,18 +385,21 @@ fn local_bench(run: &LocalRun, dataplane: &std::path::Path) -> Result<(), String
 /// Runs the control-plane benchmark; prints JSON lines.
 fn sync_bench(bin: &std::path::Path, rules: usize, changes: usize, agents: usize, pods: usize, policies: usize) -> Result<(), String> {
     let rig = SyncRig::up("psync", &bin.join("palisade-control"))?;
-    let timed = rig.change_to_enforced(&bin.join("palisade-dataplane"), rules, changes)?;
-    let sorted = |f: fn(&palisade_bench::sync::Change) -> Duration| {
-        let mut v: Vec<Duration> = timed.iter().map(f).collect();
+    let adds = (changes / 5).max(5);
+    let timed = rig.change_to_enforced(&bin.join("palisade-dataplane"), rules, changes, adds)?;
+    let sorted = |changes: &[palisade_bench::sync::Change], f: fn(&palisade_bench::sync::Change) -> Duration| {
+        let mut v: Vec<Duration> = changes.iter().map(f).collect();
         v.sort();
         v
     };
-    let (times, applied) = (sorted(|c| c.enforced), sorted(|c| c.applied));
     let pct = |v: &[Duration], p: f64| (v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e4).round() / 10.0;
+    let (times, applied) = (sorted(&timed.edits, |c| c.enforced), sorted(&timed.edits, |c| c.applied));
+    let added = sorted(&timed.adds, |c| c.enforced);
     println!(
         "{}",
         json!({"scenario": "sync-change-to-enforced", "rules": rules, "changes": changes, "p50_ms": pct(&times, 0.5), "p99_ms": pct(&times, 0.99),
-               "max_ms": pct(&times, 1.0), "apply_call_p50_ms": pct(&applied, 0.5), "apply_call_p99_ms": pct(&applied, 0.99), "machine": machine()})
+               "max_ms": pct(&times, 1.0), "apply_call_p50_ms": pct(&applied, 0.5), "apply_call_p99_ms": pct(&applied, 0.99),
+               "new_policies": adds, "new_policy_p50_ms": pct(&added, 0.5), "new_policy_p99_ms": pct(&added, 0.99), "machine": machine()})
     );
     drop(rig);
     if agents == 0 {

@@ -45,6 +45,15 @@ pub struct FanOut {
     pub state_bytes: usize,
 }
 
+/// The timed changes: edits of an existing policy, and new policies.
+#[derive(Debug, Default)]
+pub struct Timed {
+    /// Edits of a policy's rule (same number of rules).
+    pub edits: Vec<Change>,
+    /// New policies.
+    pub adds: Vec<Change>,
+}
+
 /// One timed change.
 #[derive(Clone, Copy, Debug)]
 pub struct Change {
@@ -109,8 +118,9 @@ impl SyncRig {
     }
 
     /// Loads a policy of `rules` rules, starts `dataplane` following the control plane, then
-    /// times `changes` one-rule changes from `apply` to enforcement.
-    pub fn change_to_enforced(&self, dataplane: &Path, rules: usize, changes: usize) -> Result<Vec<Change>, String> {
+    /// times `edits` edits of a one-rule policy (created before timing) and `adds` new one-rule
+    /// policies, from `apply` (on one connection, as a controller keeps it) to enforcement.
+    pub fn change_to_enforced(&self, dataplane: &Path, rules: usize, edits: usize, adds: usize) -> Result<Timed, String> {
         self.apply(forward::cluster(rules))?;
         let stats = PathBuf::from(format!("/run/palisade/{}.sock", self.ns.name()));
         let mut agent = Command::new("ip")
@@ -122,43 +132,57 @@ impl SyncRig {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", dataplane.display()))?;
-        let result = (|| {
-            // The datastore revision the agent enforces, once in sync.
-            let applied = || {
-                read_stats(&stats)
-                    .ok()
-                    .filter(|v| v["status"]["in_sync"].as_bool() == Some(true))
-                    .and_then(|v| v["status"]["applied_revision"].as_i64())
-                    .unwrap_or(0)
-            };
-            let wait = |revision: i64, limit: Duration| -> Result<(), String> {
-                let deadline = Instant::now() + limit;
-                while applied() < revision {
-                    if Instant::now() > deadline {
-                        return Err(format!("the agent did not apply revision {revision} within {limit:?}"));
+        let result = self.in_ns(move |url| {
+            Box::pin(async move {
+                // The datastore revision the agent enforces, once in sync.
+                let applied = || {
+                    read_stats(&stats)
+                        .ok()
+                        .filter(|v| v["status"]["in_sync"].as_bool() == Some(true))
+                        .and_then(|v| v["status"]["applied_revision"].as_i64())
+                        .unwrap_or(0)
+                };
+                let wait = |revision: i64, limit: Duration| -> Result<(), String> {
+                    let deadline = Instant::now() + limit;
+                    while applied() < revision {
+                        if Instant::now() > deadline {
+                            return Err(format!("the agent did not apply revision {revision} within {limit:?}"));
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
                     }
-                    std::thread::sleep(Duration::from_micros(500));
+                    Ok(())
+                };
+                wait(1, Duration::from_secs(60))?;
+                let mut client = palisade_control::client::store(&url, &Security::Plaintext).await?;
+                let policy = |name: &str, port: usize| {
+                    format!(
+                        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  selector: app == 'sink'\n  order: 1\n  types: [Ingress]\n  ingress:\n    - {{action: Deny, protocol: TCP, destination: {{ports: [{port}]}}}}\n"
+                    )
+                };
+                // The first creates the edited policy, untimed.
+                let changes = std::iter::once((None, policy("toggle", 999)))
+                    .chain((0..edits).map(|i| (Some(false), policy("toggle", 1000 + i))))
+                    .chain((0..adds).map(|i| (Some(true), policy(&format!("added-{i}"), 2000 + i))));
+                let mut out = Timed::default();
+                for (added, manifest) in changes {
+                    let t = Instant::now();
+                    let req = ApplyRequest { manifests: manifest, source: "bench".into() };
+                    let revision = client.apply(req).await.map_err(|e| e.message().to_string())?.into_inner().revision;
+                    let applied = t.elapsed();
+                    wait(revision, Duration::from_secs(30))?;
+                    let change = Change { applied, enforced: t.elapsed() };
+                    match added {
+                        Some(false) => out.edits.push(change),
+                        Some(true) => out.adds.push(change),
+                        None => {}
+                    }
                 }
-                Ok(())
-            };
-            wait(1, Duration::from_secs(60))?;
-            let mut times = Vec::with_capacity(changes);
-            for i in 0..changes {
-                let policy = format!(
-                    "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: toggle}}\nspec:\n  selector: app == 'sink'\n  order: 1\n  types: [Ingress]\n  ingress:\n    - {{action: Deny, protocol: TCP, destination: {{ports: [{}]}}}}\n",
-                    1000 + i
-                );
-                let t = Instant::now();
-                let revision = self.apply(policy)?;
-                let applied = t.elapsed();
-                wait(revision, Duration::from_secs(30))?;
-                times.push(Change { applied, enforced: t.elapsed() });
-            }
-            Ok(times)
-        })();
+                Ok(out)
+            })
+        });
         let _ = agent.kill();
         let _ = agent.wait();
-        result
+        result?
     }
 
     /// Loads `pods` pods and `policies` policies, subscribes `agents` simulated agents, then
