@@ -217,7 +217,10 @@ impl SyncRig {
                 let mut synced = 0;
                 let mut initial = 0.0;
                 while synced < agents {
-                    let Some((a, _, at, bytes, in_sync)) = rx.recv().await else { return Err("subscribers ended".to_string()) };
+                    let next = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await;
+                    let Ok(Some((a, _, at, bytes, in_sync))) = next else {
+                        return Err(format!("{synced} of {agents} subscribers were in sync when the stream stopped (ended or silent for 60 s)"));
+                    };
                     snapshot_bytes[a] += bytes;
                     if in_sync {
                         synced += 1;
@@ -232,7 +235,10 @@ impl SyncRig {
                 let mut latency = vec![None; agents];
                 let mut done = 0;
                 while done < agents {
-                    let Some((a, rev, at, _, _)) = rx.recv().await else { return Err("subscribers ended".to_string()) };
+                    let next = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await;
+                    let Ok(Some((a, rev, at, _, _))) = next else {
+                        return Err(format!("{done} of {agents} subscribers had the change when the stream stopped (ended or silent for 60 s)"));
+                    };
                     if rev >= revision && latency[a].is_none() {
                         latency[a] = Some((at - t).as_secs_f64() * 1e3);
                         done += 1;
