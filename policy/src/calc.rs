@@ -231,6 +231,11 @@ fn digest(s: &str) -> String {
 /// members, and policies and profiles with their rules in IP-set form. Use one per cluster.
 pub struct Shared {
     namespaces: EndpointsByNamespace,
+    policy_index: PolicyIndex,
+    /// Workload endpoints (positions in the cluster's) by node.
+    by_node: HashMap<String, Vec<usize>>,
+    /// Host endpoints, which apply on their node or, without one, on every node.
+    hosts: Vec<usize>,
     sets: Mutex<HashMap<String, Arc<SetMembers>>>,
     /// Converted policies, kept across clusters.
     policies: Arc<PolicyRules>,
@@ -255,8 +260,20 @@ impl Shared {
             let generation = r.generation;
             r.policies.retain(|_, c| c.used + 1 >= generation);
         }
+        let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut hosts = Vec::new();
+        for (i, e) in cluster.endpoints.iter().enumerate() {
+            match (e.kind, &e.node) {
+                (EndpointKind::Host, _) => hosts.push(i),
+                (EndpointKind::Workload, Some(n)) => by_node.entry(n.clone()).or_default().push(i),
+                (EndpointKind::Workload, None) => {}
+            }
+        }
         Shared {
             namespaces: EndpointsByNamespace::new(cluster),
+            policy_index: PolicyIndex::new(cluster),
+            by_node,
+            hosts,
             sets: Mutex::default(),
             policies: rules.clone(),
             arcs: cluster.policies.iter().map(|p| (Arc::as_ptr(p) as usize, p.clone())).collect(),
@@ -337,17 +354,21 @@ impl NodeView {
     /// [`NodeView::compute`], reusing (and adding to) what other nodes' views of the same
     /// cluster computed.
     pub fn compute_shared<'c>(cluster: &'c Cluster, node: Option<&str>, shared: &Shared) -> NodeView {
-        let index = PolicyIndex::new(cluster);
+        let index = &shared.policy_index;
         let mut calc = Calc { cluster, shared, view: NodeView::default(), sources: Vec::new() };
         let tier_defaults: HashMap<&str, TierDefault> = cluster.tiers.iter().map(|t| (t.name.as_str(), t.default_action)).collect();
         let mut used: BTreeMap<PolicyId, &'c Policy> = BTreeMap::new();
         // Workloads live on one node; a host endpoint without a node applies on every node.
-        let local = |e: &Endpoint| match (node, e.kind) {
-            (None, _) => true,
-            (Some(n), EndpointKind::Workload) => e.node.as_deref() == Some(n),
-            (Some(n), EndpointKind::Host) => e.node.as_deref().is_none_or(|en| en == n),
+        let local: Vec<&'c Endpoint> = match node {
+            None => cluster.endpoints.iter().collect(),
+            Some(n) => {
+                let hosts = shared.hosts.iter().filter(|&&i| cluster.endpoints[i].node.as_deref().is_none_or(|en| en == n));
+                let mut positions: Vec<usize> = shared.by_node.get(n).into_iter().flatten().chain(hosts).copied().collect();
+                positions.sort_unstable();
+                positions.into_iter().map(|i| &cluster.endpoints[i]).collect()
+            }
         };
-        for ep in cluster.endpoints.iter().filter(|e| local(e)) {
+        for ep in local {
             let mut collect = |views: [Vec<TierView<'c>>; 2]| -> Vec<TierInfo> {
                 let mut out: Vec<TierInfo> = Vec::new();
                 for (d, vs) in views.into_iter().enumerate() {
@@ -382,7 +403,7 @@ impl NodeView {
             use Direction::{Egress, Ingress};
             let view = match ep.kind {
                 EndpointKind::Workload => EndpointView {
-                    tiers: collect([index.tiers_for(ep, Ingress, Stage::Normal), index.tiers_for(ep, Egress, Stage::Normal)]),
+                    tiers: collect([index.tiers_for(cluster, ep, Ingress, Stage::Normal), index.tiers_for(cluster, ep, Egress, Stage::Normal)]),
                     ..EndpointView::of(ep)
                 },
                 EndpointKind::Host => EndpointView {

@@ -442,35 +442,29 @@ pub struct Cluster {
 /// The cluster's policies by the namespace their selector requires (Kubernetes and Calico
 /// namespaced policies), so that an endpoint's policies are found by testing only the global
 /// policies' selectors and those of its own namespace.
-pub struct PolicyIndex<'c> {
-    cluster: &'c Cluster,
+pub struct PolicyIndex {
     /// Positions in `cluster.policies` of policies that require no namespace.
     global: Vec<usize>,
     /// Positions of the others, by the namespace they require.
-    by_namespace: HashMap<&'c str, Vec<usize>>,
+    by_namespace: HashMap<String, Vec<usize>>,
 }
 
-impl<'c> PolicyIndex<'c> {
+impl PolicyIndex {
     /// Indexes the cluster's policies.
-    pub fn new(cluster: &'c Cluster) -> Self {
+    pub fn new(cluster: &Cluster) -> Self {
         let mut global = Vec::new();
-        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, p) in cluster.policies.iter().enumerate() {
             match p.selector.required_value(LABEL_NAMESPACE) {
-                Some(ns) => by_namespace.entry(ns).or_default().push(i),
+                Some(ns) => by_namespace.entry(ns.to_string()).or_default().push(i),
                 None => global.push(i),
             }
         }
-        PolicyIndex { cluster, global, by_namespace }
+        PolicyIndex { global, by_namespace }
     }
 
-    /// The cluster.
-    pub fn cluster(&self) -> &'c Cluster {
-        self.cluster
-    }
-
-    /// The same as [`Cluster::tiers_for`].
-    pub fn tiers_for(&self, ep: &Endpoint, dir: Direction, stage: Stage) -> Vec<TierView<'c>> {
+    /// The same as [`Cluster::tiers_for`], for the cluster this index was made from.
+    pub fn tiers_for<'c>(&self, cluster: &'c Cluster, ep: &Endpoint, dir: Direction, stage: Stage) -> Vec<TierView<'c>> {
         let local: &[usize] = ep.labels.get(LABEL_NAMESPACE).and_then(|ns| self.by_namespace.get(ns.as_str())).map_or(&[], Vec::as_slice);
         // Merge the two ascending position lists, keeping cluster order.
         let (mut g, mut l) = (self.global.iter().peekable(), local.iter().peekable());
@@ -485,7 +479,7 @@ impl<'c> PolicyIndex<'c> {
             (Some(_), None) => g.next(),
             (None, _) => l.next(),
         });
-        self.cluster.views(ep, dir, stage, merged.map(|&i| &*self.cluster.policies[i]))
+        cluster.views(ep, dir, stage, merged.map(|&i| &*cluster.policies[i]))
     }
 }
 
