@@ -8,8 +8,8 @@ use palisade_bench::sync::SyncRig;
 fn changes_reach_the_agent_and_every_subscriber() {
     let (control, dataplane) = (palisade_lab::built_binary("palisade-control"), palisade_lab::built_binary("palisade-dataplane"));
     let rig = SyncRig::up(&palisade_lab::unique_name("bs"), &control).expect("rig");
-    let times = rig.change_to_enforced(&dataplane, 50, 2).expect("changes enforced");
-    assert_eq!(times.len(), 2);
+    let timed = rig.change_to_enforced(&dataplane, 50, 2, 2).expect("changes enforced");
+    assert_eq!((timed.edits.len(), timed.adds.len()), (2, 2));
     drop(rig);
     let rig = SyncRig::up(&palisade_lab::unique_name("bs"), &control).expect("rig");
     let f = rig.fan_out(3, 50, 5).expect("fan-out");
