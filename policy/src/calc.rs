@@ -16,7 +16,7 @@
 use crate::model::*;
 use crate::selector::Selector;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -589,6 +589,144 @@ impl Calc<'_, '_> {
             not_named_port_sets: m.not_named_ports.iter().map(|n| self.set(named(n))).collect(),
         }
     }
+}
+
+/// What a change of cluster can change in node views: found by matching the changed endpoints
+/// and network sets against the selectors of the IP sets in use, and the changed policies against
+/// each node's endpoints (a label index, as Felix's calculation graph keeps), so that views a
+/// change cannot touch are not computed again.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Every view may change (tiers changed, or a host endpoint for every node did).
+    all: bool,
+    /// Nodes whose own endpoints changed.
+    nodes: HashSet<String>,
+    /// IP sets whose members may have changed.
+    sets: HashSet<String>,
+    /// Profiles that changed.
+    profiles: HashSet<String>,
+    /// Policies that changed, appeared or went away, with their new version.
+    policies: Vec<(PolicyId, Option<Arc<Policy>>)>,
+}
+
+impl Changes {
+    /// The changes from `old` to `new`; `rules` (the cache the views of `old` were computed with)
+    /// supplies the IP sets that policies use.
+    pub fn between(old: &Cluster, new: &Cluster, rules: &PolicyRules) -> Changes {
+        let mut c = Changes { all: old.tiers != new.tiers, ..Changes::default() };
+        for name in old.profiles.keys().chain(new.profiles.keys()) {
+            if old.profiles.get(name) != new.profiles.get(name) {
+                c.profiles.insert(name.clone());
+            }
+        }
+        // Endpoints and network sets that changed, each version as (labels, has addresses, named ports).
+        let mut entities: Vec<(&BTreeMap<String, String>, bool, &[NamedPort])> = Vec::new();
+        let (old_eps, new_eps) = (by_name(&old.endpoints, |e| &e.name), by_name(&new.endpoints, |e| &e.name));
+        for (name, e) in old_eps.iter().chain(&new_eps) {
+            let (before, after) = (old_eps.get(name), new_eps.get(name));
+            if before == after {
+                continue;
+            }
+            match (e.kind, &e.node) {
+                (EndpointKind::Host, None) => c.all = true,
+                (_, Some(n)) => {
+                    c.nodes.insert(n.clone());
+                }
+                (EndpointKind::Workload, None) => {}
+            }
+            entities.push((&e.labels, !e.ips.is_empty(), &e.ports));
+        }
+        let (old_sets, new_sets) = (by_name(&old.network_sets, |n| &n.name), by_name(&new.network_sets, |n| &n.name));
+        for (name, n) in old_sets.iter().chain(&new_sets) {
+            if old_sets.get(name) != new_sets.get(name) {
+                entities.push((&n.labels, !n.nets.is_empty(), &[]));
+            }
+        }
+        // Policies, by tier and name.
+        let ids = |cl: &'_ Cluster| cl.policies.iter().map(|p| (PolicyId { tier: p.tier.clone(), name: p.name.clone() }, p.clone())).collect::<HashMap<_, _>>();
+        let (old_ps, new_ps) = (ids(old), ids(new));
+        for id in old_ps.keys().chain(new_ps.keys()) {
+            let (before, after) = (old_ps.get(id), new_ps.get(id));
+            let same = match (before, after) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            };
+            if !same && !c.policies.iter().any(|(i, _)| i == id) {
+                c.policies.push((id.clone(), after.cloned()));
+            }
+        }
+        if entities.is_empty() {
+            return c;
+        }
+        // The sets the views of `old` can use: those of its policies and profiles.
+        let mut sources: HashMap<String, SetSource> = HashMap::new();
+        {
+            let cached = lock(&rules.0);
+            for p in old.policies.iter().chain(&new.policies) {
+                match cached.policies.get(&(Arc::as_ptr(p) as usize)) {
+                    Some(conv) => sources.extend(conv.sets.iter().cloned()),
+                    None => sources.extend(rule_sources(p.ingress.iter().chain(&p.egress))),
+                }
+            }
+        }
+        for p in old.profiles.values().chain(new.profiles.values()) {
+            sources.extend(rule_sources(p.ingress.iter().chain(&p.egress)));
+        }
+        for (id, source) in sources {
+            let touched = entities.iter().any(|(labels, has_addresses, ports)| match &source {
+                SetSource::Selector(sel) => *has_addresses && sel.matches(*labels),
+                SetSource::NamedPort(sel, name) => ports.iter().any(|p| p.name == *name) && sel.as_ref().is_none_or(|s| s.matches(*labels)),
+            });
+            if touched {
+                c.sets.insert(id);
+            }
+        }
+        c
+    }
+
+    /// Whether the view of `node` may differ under `new` (whose views `shared` serves) from `view`,
+    /// its view under the old cluster.
+    pub fn may_change(&self, node: &str, view: &NodeView, new: &Cluster, shared: &Shared) -> bool {
+        if self.all || self.nodes.contains(node) {
+            return true;
+        }
+        if view.ip_sets.keys().any(|id| self.sets.contains(id)) {
+            return true;
+        }
+        let local = || {
+            let hosts = shared.hosts.iter().filter(|&&i| new.endpoints[i].node.as_deref().is_none_or(|n| n == node));
+            shared.by_node.get(node).into_iter().flatten().chain(hosts).map(|&i| &new.endpoints[i])
+        };
+        // A profile matters where an endpoint names it (it may not have existed before).
+        self.profiles.iter().any(|p| local().any(|e| e.profiles.contains(p)))
+            || self
+                .policies
+                .iter()
+                .any(|(id, now)| view.policies.contains_key(id) || now.as_ref().is_some_and(|p| local().any(|e| p.selector.matches(&e.labels))))
+    }
+}
+
+/// Items by name.
+fn by_name<'a, T>(items: &'a [T], name: impl Fn(&'a T) -> &'a String) -> HashMap<&'a str, &'a T> {
+    items.iter().map(|i| (name(i).as_str(), i)).collect()
+}
+
+/// The IP sets that rules use, by ID.
+fn rule_sources<'r>(rules: impl Iterator<Item = &'r Rule>) -> Vec<(String, SetSource)> {
+    let mut out = Vec::new();
+    for r in rules {
+        for m in [&r.src, &r.dst] {
+            for sel in m.selector.iter().chain(&m.not_selector) {
+                let s = SetSource::Selector(sel.clone());
+                out.push((s.id(), s));
+            }
+            for name in m.named_ports.iter().chain(&m.not_named_ports) {
+                let s = SetSource::NamedPort(m.selector.clone(), name.clone());
+                out.push((s.id(), s));
+            }
+        }
+    }
+    out
 }
 
 /// Endpoints (indices into the cluster's) by namespace: the only ones a namespaced selector can
