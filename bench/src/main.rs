@@ -412,7 +412,8 @@ fn sync_bench(bin: &std::path::Path, rules: usize, changes: usize, agents: usize
         "{}",
         json!({"scenario": "sync-fan-out", "agents": agents, "pods": pods, "policies": policies, "state_bytes": f.state_bytes,
                "initial_sync_ms": r(f.initial_sync_ms), "delta_p50_ms": r(f.delta_p50_ms), "delta_p99_ms": r(f.delta_p99_ms),
-               "delta_max_ms": r(f.delta_max_ms), "server_rss_mib": r(f.server_rss_mib), "machine": machine()})
+               "delta_max_ms": r(f.delta_max_ms), "server_rss_mib": r(f.server_rss_mib),
+               "pod_change_ms": r(f.pod_change_ms), "pod_change_agents": f.pod_change_agents, "machine": machine()})
     );
     Ok(())
 }

@@ -43,6 +43,10 @@ pub struct FanOut {
     pub server_rss_mib: f64,
     /// Bytes of one agent's snapshot (its messages up to InSync).
     pub state_bytes: usize,
+    /// From `apply` of one pod's new labels to its node's agent receiving the change, ms.
+    pub pod_change_ms: f64,
+    /// Agents that were sent that change (those whose views it touches).
+    pub pod_change_agents: usize,
 }
 
 /// The timed changes: edits of an existing policy, and new policies.
@@ -244,6 +248,26 @@ impl SyncRig {
                         done += 1;
                     }
                 }
+                // One pod relabelled: only the agents whose views it touches hear of it.
+                let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p0, namespace: ns0, labels: {app: relabelled}}\nspec: {nodeName: node0, containers: [{name: c, ports: [{containerPort: 80}]}]}\nstatus: {podIP: 10.100.0.0}\n";
+                let t = Instant::now();
+                let revision = c.apply(ApplyRequest { manifests: pod.into(), source: "bench".into() }).await.map_err(|e| e.message().to_string())?.into_inner().revision;
+                let mut touched = std::collections::BTreeSet::new();
+                let mut own = None;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while own.is_none() || tokio::time::Instant::now() < deadline.min(tokio::time::Instant::from_std(t + Duration::from_secs(1))) {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some((a, rev, at, _, _))) if rev >= revision => {
+                            touched.insert(a);
+                            if a == 0 {
+                                own = Some((at - t).as_secs_f64() * 1e3);
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let pod_change_ms = own.ok_or("the relabelled pod's node did not hear of it within 10 s")?;
                 for task in tasks {
                     task.abort();
                 }
@@ -261,6 +285,8 @@ impl SyncRig {
                     delta_max_ms: pct(1.0),
                     server_rss_mib: rss / 1024.0,
                     state_bytes,
+                    pod_change_ms,
+                    pod_change_agents: touched.len(),
                 })
             })
         })?

@@ -18,7 +18,7 @@ use crate::proto::{
 };
 use crate::store::{Change, Datastore, Key, State};
 use crate::tls::{self, Peer, Security};
-use palisade_policy::calc::{NodeView, PolicyRules, Shared};
+use palisade_policy::calc::{Changes, NodeView, PolicyRules, Shared};
 use palisade_policy::convert::PolicyCache;
 use palisade_policy::load::parse_documents;
 use palisade_policy::model::Cluster;
@@ -56,26 +56,46 @@ struct Clusters {
 
 #[derive(Default)]
 struct ClusterCache {
-    /// The model of the latest revision asked for, with what its nodes' views share.
-    built: Option<(i64, Arc<Cluster>, Arc<Shared>)>,
+    /// The model of the latest revision asked for.
+    built: Option<Built>,
     /// The last write's revision, the state it validated, and that state's model.
     written: Option<(i64, State, Arc<Cluster>)>,
 }
 
+/// The model of one revision, with what its nodes' views share and what changed since the
+/// revision built before it.
+#[derive(Clone)]
+struct Built {
+    revision: i64,
+    cluster: Arc<Cluster>,
+    shared: Arc<Shared>,
+    /// The revision built before, and which views the change from it can touch.
+    changes: Option<(i64, Arc<Changes>)>,
+}
+
 impl Clusters {
-    async fn of(&self, state: Arc<State>) -> Result<(Arc<Cluster>, Arc<Shared>), String> {
+    async fn of(&self, state: Arc<State>) -> Result<Built, String> {
         let mut cache = self.cache.lock().await;
-        if let Some((_, c, s)) = cache.built.as_ref().filter(|(r, _, _)| *r == state.revision) {
-            return Ok((c.clone(), s.clone()));
+        if let Some(b) = cache.built.as_ref().filter(|b| b.revision == state.revision) {
+            return Ok(b.clone());
         }
         let validated = cache.written.as_ref().filter(|(r, v, _)| *r == state.revision && same_manifests(v, &state)).map(|(_, _, c)| c.clone());
         let cluster = match validated {
             Some(c) => c,
             None => Arc::new(model_of((*state).clone(), self.converted.clone()).await?),
         };
+        let changes = match cache.built.take() {
+            Some(before) => {
+                let (new, rules) = (cluster.clone(), self.rules.clone());
+                let changes = tokio::task::spawn_blocking(move || Changes::between(&before.cluster, &new, &rules)).await.map_err(|e| e.to_string())?;
+                Some((before.revision, Arc::new(changes)))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared::reusing(&cluster, &self.rules));
-        cache.built = Some((state.revision, cluster.clone(), shared.clone()));
-        Ok((cluster, shared))
+        let built = Built { revision: state.revision, cluster, shared, changes };
+        cache.built = Some(built.clone());
+        Ok(built)
     }
 }
 
@@ -334,7 +354,8 @@ fn administrator<T>(req: &Request<T>) -> Result<(), Status> {
 
 /// Streams `node`'s view: the snapshot and `InSync`, then after every change of state the
 /// messages that turn the view sent last into the new one (none when the change does not touch
-/// the node). Ends when the subscriber goes away.
+/// the node; a view that [`Changes`] says the change cannot touch is not even computed again).
+/// Ends when the subscriber goes away.
 async fn follow_node(
     node: String,
     mut state: watch::Receiver<Arc<State>>,
@@ -342,6 +363,8 @@ async fn follow_node(
     tx: tokio::sync::mpsc::Sender<Result<ToDataplane, Status>>,
 ) {
     let mut sent = NodeView::default();
+    // The revision `sent` is the view of.
+    let mut sent_revision = 0;
     let mut sequence = 0u64;
     let mut synced = false;
     loop {
@@ -349,9 +372,13 @@ async fn follow_node(
         if current.revision > 0 {
             let revision = current.revision;
             match clusters.of(current).await {
-                Ok((cluster, shared)) => {
+                // A change that cannot touch this node's view sends nothing.
+                Ok(b) if synced && b.changes.as_ref().is_some_and(|(from, c)| *from == sent_revision && !c.may_change(&node, &sent, &b.cluster, &b.shared)) => {
+                    sent_revision = revision;
+                }
+                Ok(b) => {
                     let n = node.clone();
-                    let Ok(view) = tokio::task::spawn_blocking(move || NodeView::compute_shared(&cluster, Some(&n), &shared)).await else { return };
+                    let Ok(view) = tokio::task::spawn_blocking(move || NodeView::compute_shared(&b.cluster, Some(&n), &b.shared)).await else { return };
                     let mut payloads = felix::diff(&sent, &view);
                     if !synced {
                         payloads.push(Payload::InSync(InSync {}));
@@ -368,6 +395,7 @@ async fn follow_node(
                         }
                     }
                     sent = view;
+                    sent_revision = revision;
                 }
                 // Stored states were validated when written; a directory edited by hand is
                 // validated before it is published. Keep the last view.
