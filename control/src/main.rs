@@ -1,6 +1,11 @@
 //! `palisade-control`: the resource store and the sync service for node agents.
 
 use clap::Parser;
+
+/// mimalloc: building cluster models and views allocates and frees millions of small objects,
+/// which glibc's allocator handles at about half the speed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use palisade_control::store::{Datastore, DirStore, EtcdStore};
 use palisade_control::tls::Security;
 use std::net::SocketAddr;

@@ -19,7 +19,7 @@ use crate::proto::{
 use crate::store::{Change, Datastore, Key, State};
 use crate::tls::{self, Peer, Security};
 use palisade_policy::calc::{Changes, NodeView, PolicyRules, Shared};
-use palisade_policy::convert::PolicyCache;
+use palisade_policy::convert::ConversionCache;
 use palisade_policy::load::parse_documents;
 use palisade_policy::model::Cluster;
 use std::collections::BTreeMap;
@@ -49,7 +49,7 @@ pub struct Control {
 struct Clusters {
     cache: tokio::sync::Mutex<ClusterCache>,
     /// Policies converted by earlier builds (of writes to validate and of published states).
-    converted: Arc<std::sync::Mutex<PolicyCache>>,
+    converted: Arc<std::sync::Mutex<ConversionCache>>,
     /// Policies in IP-set form, converted for earlier revisions' views.
     rules: Arc<PolicyRules>,
 }
@@ -101,7 +101,7 @@ impl Clusters {
 
 /// The cluster model of `state`, built on a blocking thread (converting only the policies not in
 /// `converted`), or the errors that keep it from loading, one per line.
-async fn model_of(state: State, converted: Arc<std::sync::Mutex<PolicyCache>>) -> Result<Cluster, String> {
+async fn model_of(state: State, converted: Arc<std::sync::Mutex<ConversionCache>>) -> Result<Cluster, String> {
     let build = move || state.cluster(&mut converted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
     let built = tokio::task::spawn_blocking(build).await.map_err(|e| e.to_string())?;
     built.map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))

@@ -5,7 +5,7 @@
 //! writes go to the datastore and come back through that channel, so the channel is the one
 //! source of truth for the server and its subscribers.
 
-use palisade_policy::convert::PolicyCache;
+use palisade_policy::convert::ConversionCache;
 use palisade_policy::load::{load_documents, resource_from_value, Error, Loaded};
 use palisade_policy::model::Cluster;
 use palisade_policy::resources::Resource;
@@ -92,7 +92,7 @@ pub struct State {
 impl State {
     /// The cluster model of the state, or every error that keeps it from loading (each naming
     /// the resource and field). Policies that `cache` converted before are not converted again.
-    pub fn cluster(&self, cache: &mut PolicyCache) -> Result<Cluster, Vec<Error>> {
+    pub fn cluster(&self, cache: &mut ConversionCache) -> Result<Cluster, Vec<Error>> {
         let mut loaded: Vec<Arc<Loaded>> = Vec::with_capacity(self.resources.len());
         let mut errors = Vec::new();
         for s in self.resources.values() {
@@ -138,7 +138,7 @@ impl DirStore {
         let docs = load_documents(&[&self.dir])?;
         let stored = |(l, doc): (Loaded, Value)| (Key::of(&l.resource), Stored { doc: Arc::new(doc), parsed: Ok(Arc::new(l)), revision });
         let state = State { revision, resources: docs.into_iter().map(stored).collect() };
-        state.cluster(&mut PolicyCache::default())?;
+        state.cluster(&mut ConversionCache::default())?;
         Ok(state)
     }
 }

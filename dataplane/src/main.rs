@@ -1,6 +1,11 @@
 //! `palisade-dataplane`: the node agent and its packet workers.
 
 use clap::Parser;
+
+/// mimalloc: building cluster models and views allocates and frees millions of small objects,
+/// which glibc's allocator handles at about half the speed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use palisade_control::tls::Security;
 use palisade_dataplane::agent::{self, Config, Source};
 use palisade_dataplane::datapath::EndpointToHost;

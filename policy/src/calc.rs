@@ -252,7 +252,7 @@ impl Shared {
 
     /// A cache for `cluster`'s views that takes the policies `rules` converted for earlier
     /// clusters (a policy of the same shared `Arc` is not converted again; see
-    /// `convert::PolicyCache`), and adds to it.
+    /// `convert::ConversionCache`), and adds to it.
     pub fn reusing(cluster: &Cluster, rules: &Arc<PolicyRules>) -> Shared {
         {
             let mut r = lock(&rules.0);
@@ -797,11 +797,11 @@ apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: al
 
     #[test]
     fn policies_converted_for_an_earlier_cluster_are_reused_with_this_clusters_set_members() {
-        use crate::convert::{build_cluster_cached, PolicyCache};
+        use crate::convert::{build_cluster_cached, ConversionCache};
         let loaded = |yaml: &str| -> Vec<Arc<Loaded>> {
             parse_str(yaml).expect("parses").into_iter().map(|resource| Arc::new(Loaded { resource, file: None })).collect()
         };
-        let (mut converted, rules) = (PolicyCache::default(), Arc::new(PolicyRules::default()));
+        let (mut converted, rules) = (ConversionCache::default(), Arc::new(PolicyRules::default()));
         let first = loaded(TWO_NODES);
         let c1 = build_cluster_cached(&first, &mut converted).expect("builds");
         let v1 = NodeView::compute_shared(&c1, Some("n1"), &Shared::reusing(&c1, &rules));

@@ -25,15 +25,15 @@ pub fn build_cluster<L: std::borrow::Borrow<Loaded>>(loaded: &[L]) -> Result<Clu
     b.finish()
 }
 
-/// [`build_cluster`], converting again only the policies whose resources `cache` has not seen:
-/// a policy converted by an earlier build from the same shared resource is reused as it is.
-pub fn build_cluster_cached(loaded: &[Arc<Loaded>], cache: &mut PolicyCache) -> Result<Cluster, Vec<Error>> {
+/// [`build_cluster`], converting again only the resources `cache` has not seen: a policy or
+/// endpoint converted by an earlier build from the same shared resource is reused as it is.
+pub fn build_cluster_cached(loaded: &[Arc<Loaded>], cache: &mut ConversionCache) -> Result<Cluster, Vec<Error>> {
     let refs: Vec<&Loaded> = loaded.iter().map(|l| &**l).collect();
     let mut b = Builder::start(&refs);
     cache.generation += 1;
     for l in loaded {
         b.current_file = l.file.clone();
-        if l.resource.is_policy() {
+        if ConversionCache::keeps(&l.resource) {
             cache.convert(&mut b, l);
         } else {
             b.resource(&l.resource);
@@ -44,36 +44,46 @@ pub fn build_cluster_cached(loaded: &[Arc<Loaded>], cache: &mut PolicyCache) -> 
     b.finish()
 }
 
-/// Policies converted by earlier builds, by the identity of the resource they came from (an
-/// `Arc<Loaded>` that the caller keeps sharing while it does not change). Converting a policy is
-/// most of a build's time (microseconds per rule), and a change touches one resource, so a build
-/// with the cache costs what the change costs. Entries unused by the last two builds are dropped.
+/// Policies and endpoints converted by earlier builds, by the identity of the resource they came
+/// from (an `Arc<Loaded>` that the caller keeps sharing while it does not change). Converting
+/// them is most of a build's time (microseconds per rule or pod), and they depend on nothing but
+/// their resource, so a build with the cache costs little more than copying what it converted
+/// before. Entries unused by the last two builds are dropped.
 #[derive(Default)]
-pub struct PolicyCache {
-    entries: HashMap<usize, CachedPolicy>,
+pub struct ConversionCache {
+    entries: HashMap<usize, Converted>,
     generation: u64,
 }
 
-struct CachedPolicy {
+/// What converting one resource added to a build.
+struct Converted {
     /// Keeps the resource alive, so that its address identifies it while the entry exists.
     _source: Arc<Loaded>,
+    errors: Vec<Error>,
     policy: Option<Arc<Policy>>,
     tier_ref: Option<TierRef>,
-    errors: Vec<Error>,
+    endpoint: Option<(Endpoint, EndpointOrigin)>,
     used: u64,
 }
 
-impl PolicyCache {
-    /// Adds the policy of `l` to `b`, converted now or by an earlier build.
+impl ConversionCache {
+    /// Whether resources of this kind are cached: those whose conversion depends on nothing else.
+    fn keeps(r: &Resource) -> bool {
+        r.is_policy() || matches!(r, Resource::Pod(..) | Resource::WorkloadEndpoint(..) | Resource::HostEndpoint(..))
+    }
+
+    /// Adds what `l` converts to to `b`, converted now or by an earlier build.
     fn convert(&mut self, b: &mut Builder, l: &Arc<Loaded>) {
         let entry = self.entries.entry(Arc::as_ptr(l) as usize).or_insert_with(|| {
-            let (errors, policies, tier_refs) = (b.errors.len(), b.policies.len(), b.tier_refs.len());
+            let (errors, policies, tier_refs, endpoints) = (b.errors.len(), b.policies.len(), b.tier_refs.len(), b.endpoints.len());
             b.resource(&l.resource);
-            CachedPolicy {
+            let endpoint = b.endpoints.drain(endpoints..).next().zip(b.endpoint_origins.drain(endpoints..).next());
+            Converted {
                 _source: l.clone(),
+                errors: b.errors.drain(errors..).collect(),
                 policy: b.policies.drain(policies..).next(),
                 tier_ref: b.tier_refs.drain(tier_refs..).next(),
-                errors: b.errors.drain(errors..).collect(),
+                endpoint,
                 used: 0,
             }
         });
@@ -81,6 +91,10 @@ impl PolicyCache {
         b.errors.extend(entry.errors.iter().cloned());
         b.policies.extend(entry.policy.clone());
         b.tier_refs.extend(entry.tier_ref.clone());
+        if let Some((ep, origin)) = &entry.endpoint {
+            b.endpoints.push(ep.clone());
+            b.endpoint_origins.push(origin.clone());
+        }
     }
 }
 
@@ -106,11 +120,14 @@ struct Builder {
 }
 
 /// The resource an endpoint came from and the field of each of its addresses.
+#[derive(Clone)]
 struct EndpointOrigin {
     id: String,
     file: Option<std::path::PathBuf>,
     /// Field path of each entry of the endpoint's `ips`.
     ip_fields: Vec<String>,
+    /// The service account (namespace, name) a pod runs as, which gets a profile.
+    service_account: Option<(String, String)>,
 }
 
 /// Errors for one resource: knows the resource's identity and file.
@@ -685,17 +702,18 @@ impl Builder {
     }
 
     fn check_duplicates(&mut self, loaded: &[&Loaded]) {
-        let mut seen: BTreeMap<(String, String, String), Option<std::path::PathBuf>> = BTreeMap::new();
+        // (API version, kind, namespace, name) → the first file defining it.
+        let mut seen: HashMap<(&str, &str, &str, &str), &Option<std::path::PathBuf>> = HashMap::with_capacity(loaded.len());
         for l in loaded {
             let r = &l.resource;
-            let key = (format!("{}/{}", r.api_version(), r.kind()), namespace_of(r).unwrap_or_default(), r.metadata().name.clone());
+            let key = (r.api_version(), r.kind(), namespace_ref(r).unwrap_or_default(), r.metadata().name.as_str());
             if let Some(first) = seen.get(&key) {
                 let at = first.as_ref().map(|f| format!(" (first defined in {})", f.display())).unwrap_or_default();
                 let mut e = Error::field(r.display_id(), "metadata.name", format!("defined twice{at}"));
                 e.file = l.file.clone();
                 self.errors.push(e);
             } else {
-                seen.insert(key, l.file.clone());
+                seen.insert(key, &l.file);
             }
         }
     }
@@ -710,8 +728,8 @@ impl Builder {
                     self.namespaces.insert(m.name.clone(), labels);
                 }
                 r => {
-                    if let Some(ns) = namespace_of(r) {
-                        self.namespaces.entry(ns.clone()).or_insert_with(|| BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns)]));
+                    if let Some(ns) = namespace_ref(r).filter(|ns| !self.namespaces.contains_key(*ns)) {
+                        self.namespaces.insert(ns.to_string(), BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]));
                     }
                 }
             }
@@ -783,10 +801,10 @@ impl Builder {
         labels.insert(LABEL_NAMESPACE.into(), ns.clone());
         labels.insert(LABEL_ORCHESTRATOR.into(), "k8s".into());
         labels.insert(LABEL_SERVICE_ACCOUNT.into(), sa.clone());
-        self.service_accounts.entry((ns.clone(), sa.clone())).or_default();
         self.push_endpoint(
             r,
             ip_fields,
+            Some((ns.clone(), sa.clone())),
             Endpoint {
                 name: format!("{ns}/{}", m.name),
                 kind: EndpointKind::Workload,
@@ -824,6 +842,7 @@ impl Builder {
         self.push_endpoint(
             r,
             ip_fields,
+            None,
             Endpoint {
                 name: format!("{ns}/{}", m.name),
                 kind: EndpointKind::Workload,
@@ -858,6 +877,7 @@ impl Builder {
         self.push_endpoint(
             r,
             ip_fields,
+            None,
             Endpoint {
                 name: m.name.clone(),
                 kind: EndpointKind::Host,
@@ -872,8 +892,8 @@ impl Builder {
     }
 
     /// Adds an endpoint defined by `r`; `ip_fields` names the field of each of its addresses.
-    fn push_endpoint(&mut self, r: &Resource, ip_fields: Vec<String>, ep: Endpoint) {
-        self.endpoint_origins.push(EndpointOrigin { id: r.display_id(), file: self.current_file.clone(), ip_fields });
+    fn push_endpoint(&mut self, r: &Resource, ip_fields: Vec<String>, service_account: Option<(String, String)>, ep: Endpoint) {
+        self.endpoint_origins.push(EndpointOrigin { id: r.display_id(), file: self.current_file.clone(), ip_fields, service_account });
         self.endpoints.push(ep);
     }
 
@@ -1111,6 +1131,10 @@ impl Builder {
                 Profile { name, ingress: vec![allow_all()], egress: vec![allow_all()], labels: namespace_profile_labels(ns, labels) },
             );
         }
+        // Every service account a pod runs as has a profile, declared or not.
+        for sa in self.endpoint_origins.iter().filter_map(|o| o.service_account.clone()) {
+            self.service_accounts.entry(sa).or_default();
+        }
         for ((ns, sa), labels) in &self.service_accounts {
             let name = format!("ksa.{ns}.{sa}");
             let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{k}"), v.clone())).collect();
@@ -1125,7 +1149,9 @@ impl Builder {
             for pname in &ep.profiles {
                 if let Some(p) = profiles.get(pname) {
                     for (k, v) in &p.labels {
-                        ep.labels.entry(k.clone()).or_insert_with(|| v.clone());
+                        if !ep.labels.contains_key(k) {
+                            ep.labels.insert(k.clone(), v.clone());
+                        }
                     }
                 }
             }
@@ -1221,7 +1247,12 @@ fn endpoint_ports(c: &mut Ctx, ports: &[EndpointPort]) -> Vec<NamedPort> {
 
 /// The namespace of a namespaced resource (`default` when unset); `None` for global kinds.
 fn namespace_of(r: &Resource) -> Option<String> {
-    r.is_namespaced().then(|| r.metadata().namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()))
+    namespace_ref(r).map(str::to_string)
+}
+
+/// [`namespace_of`], borrowed.
+fn namespace_ref(r: &Resource) -> Option<&str> {
+    r.is_namespaced().then(|| r.metadata().namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or("default"))
 }
 
 #[cfg(test)]
@@ -1237,7 +1268,7 @@ mod tests {
 
     #[test]
     fn cached_builds_equal_fresh_ones_and_convert_only_new_resources() {
-        let mut cache = PolicyCache::default();
+        let mut cache = ConversionCache::default();
         let first = loaded(POLICIES);
         let a = build_cluster_cached(&first, &mut cache).expect("builds");
         assert_eq!(a, build_cluster(&first).expect("builds"));
@@ -1254,7 +1285,7 @@ mod tests {
 
     #[test]
     fn cached_errors_are_reported_again() {
-        let mut cache = PolicyCache::default();
+        let mut cache = ConversionCache::default();
         let bad = loaded(&POLICIES.replace("app == 'web'", "app == ("));
         let first = build_cluster_cached(&bad, &mut cache).expect_err("refused");
         let second = build_cluster_cached(&bad, &mut cache).expect_err("refused again");

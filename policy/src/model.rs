@@ -427,7 +427,7 @@ pub struct Cluster {
     /// Tiers by ascending order (unset last), ties by name; always includes `default`.
     pub tiers: Vec<Tier>,
     /// Policies grouped by tier in tier order, then by order (unset last), ties by name; shared
-    /// with the conversion cache (`convert::PolicyCache`) and later builds.
+    /// with the conversion cache (`convert::ConversionCache`) and later builds.
     pub policies: Vec<std::sync::Arc<Policy>>,
     /// Profiles by name.
     pub profiles: BTreeMap<String, Profile>,

@@ -1,9 +1,10 @@
 //! `calc::Changes` (which node views a change can touch) against computing every view again: for
 //! random clusters and one random change of a resource, a node whose view is said to be untouched
-//! has exactly the view a fresh computation gives.
+//! has exactly the view a fresh computation gives. Each build reuses the conversions of the one
+//! before (as the control plane does) and is checked against a build from scratch.
 
 use palisade_policy::calc::{Changes, NodeView, PolicyRules, Shared};
-use palisade_policy::convert::{build_cluster_cached, PolicyCache};
+use palisade_policy::convert::{build_cluster, build_cluster_cached, ConversionCache};
 use palisade_policy::load::{parse_str, Loaded};
 use palisade_policy::model::Cluster;
 use proptest::prelude::*;
@@ -88,7 +89,7 @@ fn docs() -> impl Strategy<Value = Docs> {
 #[derive(Default)]
 struct Builder {
     parsed: HashMap<String, Arc<Loaded>>,
-    converted: PolicyCache,
+    converted: ConversionCache,
 }
 
 impl Builder {
@@ -105,7 +106,9 @@ impl Builder {
                     .clone()
             })
             .collect();
-        build_cluster_cached(&loaded, &mut self.converted).unwrap_or_else(|e| panic!("generated cluster is invalid: {e:?}"))
+        let cluster = build_cluster_cached(&loaded, &mut self.converted).unwrap_or_else(|e| panic!("generated cluster is invalid: {e:?}"));
+        assert_eq!(cluster, build_cluster(&loaded).expect("builds"), "a build reusing conversions equals a fresh one");
+        cluster
     }
 }
 
