@@ -8,7 +8,7 @@ use fx::to_dataplane::Payload;
 use ipnet::IpNet;
 use palisade_policy::calc::{ActivePolicy, ActiveProfile, EndpointView, NodeView, PolicyId, SetMatch, SetMembers, SetRule, TierInfo};
 use palisade_policy::model::{parse_mac, proto as ipproto, Action, EndpointKind, IcmpMatch, PortRange, TierDefault};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -22,6 +22,18 @@ const WORKLOAD_INTERFACE: &str = "eth0";
 /// receiver that applies any prefix of them holds a consistent view.
 pub fn diff(old: &NodeView, new: &NodeView) -> Vec<Payload> {
     let mut out = Vec::new();
+    let namespaces_differ = !Arc::ptr_eq(&old.namespaces, &new.namespaces) && old.namespaces != new.namespaces;
+    let accounts_differ = !Arc::ptr_eq(&old.service_accounts, &new.service_accounts) && old.service_accounts != new.service_accounts;
+    if namespaces_differ {
+        for (name, labels) in new.namespaces.iter().filter(|(n, l)| old.namespaces.get(*n) != Some(*l)) {
+            out.push(Payload::NamespaceUpdate(fx::NamespaceUpdate { id: Some(fx::NamespaceId { name: name.clone() }), labels: to_hash(labels) }));
+        }
+    }
+    if accounts_differ {
+        for (ns, name, labels) in accounts(&new.service_accounts).filter(|(ns, n, l)| account(&old.service_accounts, ns, n) != Some(*l)) {
+            out.push(Payload::ServiceAccountUpdate(fx::ServiceAccountUpdate { id: Some(account_id(ns, name)), labels: to_hash(labels) }));
+        }
+    }
     for (id, members) in &new.ip_sets {
         match old.ip_sets.get(id) {
             None => out.push(Payload::IpsetUpdate(set_update(id, members))),
@@ -56,7 +68,38 @@ pub fn diff(old: &NodeView, new: &NodeView) -> Vec<Payload> {
     for id in old.ip_sets.keys().filter(|k| !new.ip_sets.contains_key(*k)) {
         out.push(Payload::IpsetRemove(fx::IpSetRemove { id: id.clone() }));
     }
+    if accounts_differ {
+        for (ns, name, _) in accounts(&old.service_accounts).filter(|(ns, n, _)| account(&new.service_accounts, ns, n).is_none()) {
+            out.push(Payload::ServiceAccountRemove(fx::ServiceAccountRemove { id: Some(account_id(ns, name)) }));
+        }
+    }
+    if namespaces_differ {
+        for name in old.namespaces.keys().filter(|n| !new.namespaces.contains_key(*n)) {
+            out.push(Payload::NamespaceRemove(fx::NamespaceRemove { id: Some(fx::NamespaceId { name: name.clone() }) }));
+        }
+    }
     out
+}
+
+/// Labels by namespace and name, as the view holds service accounts.
+type Accounts = BTreeMap<String, BTreeMap<String, Labels>>;
+type Labels = BTreeMap<String, String>;
+
+/// Every service account: (namespace, name, labels).
+fn accounts(a: &Accounts) -> impl Iterator<Item = (&String, &String, &Labels)> {
+    a.iter().flat_map(|(ns, names)| names.iter().map(move |(n, l)| (ns, n, l)))
+}
+
+fn account<'a>(a: &'a Accounts, ns: &str, name: &str) -> Option<&'a Labels> {
+    a.get(ns).and_then(|names| names.get(name))
+}
+
+fn account_id(ns: &str, name: &str) -> fx::ServiceAccountId {
+    fx::ServiceAccountId { namespace: ns.to_string(), name: name.to_string() }
+}
+
+fn to_hash(labels: &Labels) -> std::collections::HashMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// Entries of `new` that `old` lacks or holds differently.
@@ -434,12 +477,28 @@ fn apply_payload(view: &mut NodeView, payload: Payload) -> Result<(), String> {
         }
         // Configuration, namespaces and service accounts carry nothing a view needs: selectors
         // arrive already resolved into IP sets.
-        Payload::InSync(_)
-        | Payload::ConfigUpdate(_)
-        | Payload::ServiceAccountUpdate(_)
-        | Payload::ServiceAccountRemove(_)
-        | Payload::NamespaceUpdate(_)
-        | Payload::NamespaceRemove(_) => {}
+        Payload::NamespaceUpdate(u) => {
+            let name = u.id.ok_or("NamespaceUpdate without an id")?.name;
+            Arc::make_mut(&mut view.namespaces).insert(name, u.labels.into_iter().collect());
+        }
+        Payload::NamespaceRemove(r) => {
+            Arc::make_mut(&mut view.namespaces).remove(&r.id.ok_or("NamespaceRemove without an id")?.name);
+        }
+        Payload::ServiceAccountUpdate(u) => {
+            let id = u.id.ok_or("ServiceAccountUpdate without an id")?;
+            Arc::make_mut(&mut view.service_accounts).entry(id.namespace).or_default().insert(id.name, u.labels.into_iter().collect());
+        }
+        Payload::ServiceAccountRemove(r) => {
+            let id = r.id.ok_or("ServiceAccountRemove without an id")?;
+            let accounts = Arc::make_mut(&mut view.service_accounts);
+            if let Some(names) = accounts.get_mut(&id.namespace) {
+                names.remove(&id.name);
+                if names.is_empty() {
+                    accounts.remove(&id.namespace);
+                }
+            }
+        }
+        Payload::InSync(_) | Payload::ConfigUpdate(_) => {}
     }
     Ok(())
 }
@@ -647,6 +706,34 @@ apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: we
         replay(&mut r, d, 9);
         assert_eq!(r.view(), Some(&v3));
         assert_eq!(r.revision(), 9);
+    }
+
+    #[test]
+    fn namespaces_and_service_accounts_reach_every_node() {
+        let with_account = format!("{BASE}---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: api, namespace: prod, labels: {{role: api}}}}\n");
+        let v1 = view(&with_account, "n2");
+        let d = diff(&NodeView::default(), &v1);
+        let namespaces: Vec<&fx::NamespaceUpdate> = d.iter().filter_map(|p| if let Payload::NamespaceUpdate(u) = p { Some(u) } else { None }).collect();
+        assert_eq!(namespaces.len(), 1, "{d:?}");
+        assert_eq!(namespaces[0].labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("prod"));
+        let mut accounts: Vec<(String, Option<String>)> = d
+            .iter()
+            .filter_map(|p| if let Payload::ServiceAccountUpdate(u) = p { Some(u) } else { None })
+            .map(|u| (u.id.as_ref().expect("id").name.clone(), u.labels.get("role").cloned()))
+            .collect();
+        accounts.sort();
+        assert_eq!(accounts, [("api".to_string(), Some("api".to_string())), ("default".to_string(), None)], "declared, and the one pods run as");
+        let mut r = Receiver::new();
+        replay(&mut r, d, 1);
+        replay(&mut r, vec![Payload::InSync(fx::InSync {})], 1);
+        assert_eq!(r.view(), Some(&v1));
+        // The namespace gets a label and the service account goes.
+        let v2 = view(&BASE.replace("metadata: {name: prod}", "metadata: {name: prod, labels: {env: live}}"), "n2");
+        let d = diff(&v1, &v2);
+        assert!(d.iter().any(|p| matches!(p, Payload::NamespaceUpdate(u) if u.labels.get("env").map(String::as_str) == Some("live"))), "{d:?}");
+        assert!(matches!(d.last(), Some(Payload::ServiceAccountRemove(r)) if r.id.as_ref().expect("id").name == "api"), "{d:?}");
+        replay(&mut r, d, 2);
+        assert_eq!(r.view(), Some(&v2));
     }
 
     #[test]

@@ -188,6 +188,10 @@ pub struct NodeView {
     pub profiles: BTreeMap<String, Arc<ActiveProfile>>,
     /// Local endpoints by name.
     pub endpoints: BTreeMap<String, Arc<EndpointView>>,
+    /// Every namespace's labels (Felix sends them to every node).
+    pub namespaces: Arc<BTreeMap<String, BTreeMap<String, String>>>,
+    /// Every service account's labels, by namespace and name.
+    pub service_accounts: Arc<BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>>,
 }
 
 /// A profile active on the node.
@@ -242,6 +246,8 @@ pub struct Shared {
     /// The cluster's policies by address, to keep the converted ones alive with them.
     arcs: HashMap<usize, Arc<Policy>>,
     profiles: Mutex<HashMap<String, Arc<ActiveProfile>>>,
+    namespace_labels: Arc<BTreeMap<String, BTreeMap<String, String>>>,
+    service_accounts: Arc<BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>>,
 }
 
 impl Shared {
@@ -278,6 +284,8 @@ impl Shared {
             policies: rules.clone(),
             arcs: cluster.policies.iter().map(|p| (Arc::as_ptr(p) as usize, p.clone())).collect(),
             profiles: Mutex::default(),
+            namespace_labels: Arc::new(cluster.namespaces.clone()),
+            service_accounts: Arc::new(cluster.service_accounts.clone()),
         }
     }
 }
@@ -355,7 +363,8 @@ impl NodeView {
     /// cluster computed.
     pub fn compute_shared<'c>(cluster: &'c Cluster, node: Option<&str>, shared: &Shared) -> NodeView {
         let index = &shared.policy_index;
-        let mut calc = Calc { cluster, shared, view: NodeView::default(), sources: Vec::new() };
+        let view = NodeView { namespaces: shared.namespace_labels.clone(), service_accounts: shared.service_accounts.clone(), ..NodeView::default() };
+        let mut calc = Calc { cluster, shared, view, sources: Vec::new() };
         let tier_defaults: HashMap<&str, TierDefault> = cluster.tiers.iter().map(|t| (t.name.as_str(), t.default_action)).collect();
         let mut used: BTreeMap<PolicyId, &'c Policy> = BTreeMap::new();
         // Workloads live on one node; a host endpoint without a node applies on every node.
@@ -597,7 +606,8 @@ impl Calc<'_, '_> {
 /// change cannot touch are not computed again.
 #[derive(Debug, Default)]
 pub struct Changes {
-    /// Every view may change (tiers changed, or a host endpoint for every node did).
+    /// Every view may change (tiers, namespaces or service accounts changed, or a host endpoint
+    /// for every node did).
     all: bool,
     /// Nodes whose own endpoints changed.
     nodes: HashSet<String>,
@@ -613,7 +623,9 @@ impl Changes {
     /// The changes from `old` to `new`; `rules` (the cache the views of `old` were computed with)
     /// supplies the IP sets that policies use.
     pub fn between(old: &Cluster, new: &Cluster, rules: &PolicyRules) -> Changes {
-        let mut c = Changes { all: old.tiers != new.tiers, ..Changes::default() };
+        // Tiers order every chain; namespaces and service accounts are in every view.
+        let all = old.tiers != new.tiers || old.namespaces != new.namespaces || old.service_accounts != new.service_accounts;
+        let mut c = Changes { all, ..Changes::default() };
         for name in old.profiles.keys().chain(new.profiles.keys()) {
             if old.profiles.get(name) != new.profiles.get(name) {
                 c.profiles.insert(name.clone());

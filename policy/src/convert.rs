@@ -1184,6 +1184,10 @@ impl Builder {
             endpoints: self.endpoints,
             network_sets: self.network_sets,
             namespaces: self.namespaces,
+            service_accounts: self.service_accounts.into_iter().fold(BTreeMap::new(), |mut by_ns, ((ns, name), labels)| {
+                by_ns.entry(ns).or_insert_with(BTreeMap::new).insert(name, labels);
+                by_ns
+            }),
         })
     }
 }

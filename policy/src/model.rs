@@ -437,6 +437,8 @@ pub struct Cluster {
     pub network_sets: Vec<NetworkSet>,
     /// Namespace labels by namespace name.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Service-account labels by namespace and name (declared ones, and those pods run as).
+    pub service_accounts: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 /// The cluster's policies by the namespace their selector requires (Kubernetes and Calico
