@@ -245,7 +245,8 @@ pub struct Shared {
     policies: Arc<PolicyRules>,
     /// The cluster's policies by address, to keep the converted ones alive with them.
     arcs: HashMap<usize, Arc<Policy>>,
-    profiles: Mutex<HashMap<String, Arc<ActiveProfile>>>,
+    /// Converted profiles, with the sets their rules use.
+    profiles: Mutex<HashMap<String, (Arc<ActiveProfile>, Vec<(String, SetSource)>)>>,
     namespace_labels: Arc<BTreeMap<String, BTreeMap<String, String>>>,
     service_accounts: Arc<BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>>,
 }
@@ -481,26 +482,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Calc<'_, '_> {
-    /// A profile in IP-set form: converted for another node's view of this cluster (adding the
-    /// sets its rules use, all computed then, to this view), or converted now and shared.
+    /// A profile in IP-set form: converted for another node's view of this cluster (its sets
+    /// added to this view), or converted now and shared.
     fn profile(&mut self, name: &str, profile: &Profile) -> Arc<ActiveProfile> {
         let cached = lock(&self.shared.profiles).get(name).cloned();
-        if let Some(active) = cached {
-            for r in active.inbound.iter().chain(&active.outbound) {
-                for side in [&r.src, &r.dst] {
-                    for id in side.ip_sets.iter().chain(&side.not_ip_sets).chain(&side.named_port_sets).chain(&side.not_named_port_sets) {
-                        if !self.view.ip_sets.contains_key(id) {
-                            if let Some(m) = lock(&self.shared.sets).get(id).cloned() {
-                                self.view.ip_sets.insert(id.clone(), m);
-                            }
-                        }
-                    }
-                }
+        if let Some((active, sets)) = cached {
+            for (id, source) in &sets {
+                self.add_set(id, source);
             }
             return active;
         }
+        self.sources.clear();
         let active = Arc::new(ActiveProfile { inbound: self.rules(&profile.ingress), outbound: self.rules(&profile.egress) });
-        lock(&self.shared.profiles).insert(name.to_string(), active.clone());
+        lock(&self.shared.profiles).insert(name.to_string(), (active.clone(), std::mem::take(&mut self.sources)));
         active
     }
 
